@@ -1,0 +1,53 @@
+# pda-repro — every target runs `setup` first (idempotent; seconds once done).
+SHELL := /bin/bash
+PY := .venv/bin/python
+MODEL ?= default
+BACKEND ?= all
+DEVICE ?= cpu
+BATCH ?= 160
+PROFILE ?= quick
+WEIGHTS ?=
+FORCE ?=
+BENCH_ARGS = --model $(MODEL) --backend $(BACKEND) --device $(DEVICE) --batch $(BATCH) --profile $(PROFILE) \
+	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(FORCE),--force)
+
+.PHONY: setup test unit regress benchmark figures train-mnist convert-efficientnet prototxts lint clean help
+
+help:
+	@echo "make setup | test | benchmark [MODEL= BACKEND= DEVICE= BATCH= PROFILE= WEIGHTS=] | figures | regress | train-mnist | lint"
+
+setup:
+	@bash scripts/setup.sh
+
+# The README's test command: unit tests (pycaffe ones included, never skipped in CI) + runtime regression.
+test: setup
+	CI=$${CI:-} $(PY) -m pytest -q
+	$(MAKE) --no-print-directory regress
+
+unit: setup
+	$(PY) -m pytest -q
+
+regress: setup
+	$(PY) -m pda_repro.cli benchmark regress
+
+benchmark: setup
+	$(PY) -m pda_repro.cli benchmark run $(BENCH_ARGS)
+
+figures: setup
+	$(PY) -m pda_repro.cli figures
+
+train-mnist: setup
+	$(PY) -m pda_repro.train.mnist
+
+convert-efficientnet: setup
+	$(PY) -m pda_repro.convert.efficientnet --out models
+
+prototxts: setup
+	$(PY) -m pda_repro.netspec
+
+lint: setup
+	$(PY) -m ruff check pda_repro tests benchmarks
+	$(PY) -m ruff format --check pda_repro tests benchmarks
+
+clean:
+	rm -rf .venv pda_repro/_generated .pytest_cache

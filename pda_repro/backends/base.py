@@ -1,0 +1,113 @@
+"""The backend interface: a Caffe deploy net (prototxt + weights) that can be run forward and backward.
+
+Backends know nothing of PDA; methods know nothing of Caffe or torch. Every array crossing this
+interface is a NumPy array: inputs float32 N×C×H×W, outputs float32.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+Output = Literal["prob", "logit"]
+
+
+class BackendError(ValueError):
+    """Bad input to a backend (wrong shape/dtype, unknown blob, weights that do not fit, ...)."""
+
+
+class Backend(ABC):
+    """One Caffe deploy net on one device.
+
+    Attributes set by every implementation:
+      name          "caffe" or "torch"
+      device        "cpu" or "cuda"
+      batch         the most images handed to the framework at once (default 160); longer inputs are split
+      net_param     the parsed prototxt (caffe_pb2.NetParameter)
+      input_blob    name of the input blob
+      input_shape   (C, H, W)
+      prob_blob     name of the Softmax output blob ("prob")
+      logits_blob   name of the blob the Softmax reads (the logits)
+      num_classes   K
+    """
+
+    name: str
+    device: str
+    batch: int
+    input_blob: str
+    input_shape: tuple[int, int, int]
+    prob_blob: str
+    logits_blob: str
+    num_classes: int
+
+    # -- running ---------------------------------------------------------------------------------
+    @abstractmethod
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities and logits, each (N, K) float32, for a float32 batch N×C×H×W."""
+
+    @abstractmethod
+    def input_gradient(
+        self, x: np.ndarray, classes: int | Sequence[int], output: Output = "prob"
+    ) -> np.ndarray:
+        """d output[n, classes[n]] / d x for every image n, float32 N×C×H×W.
+
+        `classes` is one class index for all images or one per image; `output` picks the softmax
+        probability or the logit (the Softmax's input)."""
+
+    @abstractmethod
+    def blobs(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Forward x and return the named intermediate blobs (float32, leading dim N)."""
+
+    @abstractmethod
+    def blob_gradient(
+        self, x: np.ndarray, blob: str, classes: int | Sequence[int], output: Output = "logit"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(activation, d output[n, classes[n]] / d activation) of the named blob, for Grad-CAM."""
+
+    # -- weights ---------------------------------------------------------------------------------
+    @abstractmethod
+    def get_weights(self) -> dict[str, list[np.ndarray]]:
+        """Learnable blobs by layer name, in Caffe's layout (copies, float32)."""
+
+    @abstractmethod
+    def set_weights(self, weights: dict[str, list[np.ndarray]]) -> None:
+        """Set learnable blobs by layer name; shapes are checked (BackendError naming layer and shapes)."""
+
+    def save_weights(self, path: str | Path) -> None:
+        """Write the weights as a binary .caffemodel (atomically)."""
+        from pda_repro.backends.caffemodel import write_caffemodel
+
+        write_caffemodel(path, self.get_weights(), net_name=self.net_param.name)
+
+    def load_weights(self, path: str | Path) -> None:
+        """Read a binary .caffemodel (new or V1 layout) and copy blobs by layer name, checking shapes."""
+        from pda_repro.backends.caffemodel import read_caffemodel
+
+        self.set_weights(read_caffemodel(path))
+
+    # -- helpers shared by implementations ------------------------------------------------------
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """Raise BackendError unless x is a float32 (N, C, H, W) batch of this net's input shape."""
+        if not isinstance(x, np.ndarray):
+            raise BackendError(f"input must be a numpy array, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            raise BackendError(f"input dtype must be float32, got {x.dtype}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise BackendError(
+                f"input shape must be (N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}"
+            )
+        if x.shape[0] < 1:
+            raise BackendError("input batch is empty")
+        return np.ascontiguousarray(x)
+
+    def class_vector(self, classes: int | Sequence[int], n: int) -> np.ndarray:
+        """Broadcast `classes` to n class indices and check their range."""
+        c = np.broadcast_to(np.asarray(classes, dtype=np.int64), (n,))
+        bad = c[(c < 0) | (c >= self.num_classes)]
+        if bad.size:
+            raise BackendError(f"class index {int(bad[0])} out of range 0..{self.num_classes - 1}")
+        return c
