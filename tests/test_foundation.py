@@ -93,7 +93,7 @@ def test_net_save_reloads_identical_blobs(caffe, tiny_net, tmp_path: Path):
         assert len(blobs) == len(again.params[name])
         for a, b in zip(blobs, again.params[name], strict=True):
             assert np.array_equal(a.data, b.data)
-            assert np.abs(a.data).sum() > 0
+        assert np.abs(blobs[0].data).sum() > 0  # weights come from a gaussian filler, not zeros
 
 
 def test_second_setup_is_fast_and_succeeds():
