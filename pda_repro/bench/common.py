@@ -1,0 +1,195 @@
+"""What every experiment shares: the run's settings, the models it loads (once), its inputs and samplers,
+and how long a forward batch is expected to take (for the ETA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pda_repro.bench.results import ResultStore, machine_metadata, weights_label
+from pda_repro.bench.runner import Progress
+
+PAPER_MODELS = ("alexnet", "vgg16", "googlenet")
+ZOO_MODELS = ("alexnet", "vgg16", "googlenet", "mnist")
+OPTIONAL_MODELS = ("efficientnet_lite0",)
+BACKENDS = ("caffe", "torch")
+PROFILES = ("quick", "paper")
+
+# Rough seconds per forward batch of 160 on a 2-core CPU (torch), used only for the ETA before the
+# run has measured its own (Table 1 rows of this env replace them).
+GUESS_SECONDS_PER_BATCH = {
+    "mnist": 0.03,
+    "alexnet": 1.5,
+    "googlenet": 4.0,
+    "vgg16": 40.0,
+    "efficientnet_lite0": 4.0,
+}
+
+__all__ = [
+    "BACKENDS",
+    "BenchContext",
+    "PAPER_MODELS",
+    "PROFILES",
+    "ZOO_MODELS",
+    "available_models",
+    "random_input",
+]
+
+
+def available_models() -> list[str]:
+    """The four zoo nets, plus the optional ones (efficientnet_lite0) when the zoo registers them."""
+    from pda_repro import zoo
+
+    known = set(zoo.names())
+    return [m for m in ZOO_MODELS if m in known] + [m for m in OPTIONAL_MODELS if m in known]
+
+
+def random_input(shape: tuple[int, ...], spec: Any, rng: np.random.Generator) -> np.ndarray:
+    """A seeded float32 batch spread uniformly over the spec's preprocessed pixel range (timing only:
+    the speed of a forward pass does not depend on the pixels)."""
+    lo, hi = spec.input_range if spec is not None else (-1.0, 1.0)
+    return rng.uniform(lo, hi, size=shape).astype(np.float32)
+
+
+@dataclass
+class BenchContext:
+    """Settings of one `pda-repro benchmark run` and the things its experiments share."""
+
+    store: ResultStore
+    device: str = "cpu"
+    batch: int = 160
+    profile: str = "quick"
+    weights: str | None = None
+    force: bool = False
+    seed: int = 0
+    command: str | None = None
+    progress: Progress | None = None
+    show_inner_progress: bool = False
+    _backends: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
+    _machine: dict[str, Any] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile must be one of {PROFILES}, got {self.profile!r}")
+        if not isinstance(self.batch, int) or self.batch < 1:
+            raise ValueError(f"batch must be a positive integer, got {self.batch!r}")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise ValueError(f"weights file {self.weights!r} does not exist")
+
+    # -- metadata ----------------------------------------------------------------------------------
+    def machine(self) -> dict[str, Any]:
+        """Machine metadata, computed once per run (load average refreshed per call of ``cell_meta``)."""
+        if self._machine is None:
+            self._machine = machine_metadata(self.command)
+        return self._machine
+
+    def cell_meta(self, **settings: Any) -> dict[str, Any]:
+        """Metadata for one cell: the machine's, the run's settings, and the cell's own settings."""
+        import datetime as dt
+        import os
+
+        meta = dict(self.machine())
+        meta["date"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        if hasattr(os, "getloadavg"):
+            meta["load_average_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
+        meta.update(
+            {
+                "device": self.device,
+                "batch": self.batch,
+                "profile": self.profile,
+                "seed": self.seed,
+                **settings,
+            }
+        )
+        return meta
+
+    # -- models ------------------------------------------------------------------------------------
+    def spec(self, model: str) -> Any:
+        from pda_repro import zoo
+
+        return zoo.get(model)
+
+    def weights_for(self, model: str) -> tuple[str | None, str]:
+        """(weights path or None, label) for a model: --weights if given, else the zoo's trained weights
+        if it has them, else seeded random fillers."""
+        if self.weights is not None:
+            return self.weights, weights_label(self.weights)
+        spec = self.spec(model)
+        path = getattr(spec, "weights", None)
+        if path is not None and Path(path).is_file():
+            return str(path), weights_label(path)
+        return None, f"random (seeded fillers, seed {self.seed})"
+
+    def has_trained_weights(self, model: str) -> bool:
+        return self.weights_for(model)[0] is not None
+
+    def backend(self, model: str, backend: str) -> Any:
+        """The loaded backend for (model, backend), loaded once and kept until ``release``."""
+        key = (model, backend)
+        if key not in self._backends:
+            from pda_repro.backends import load_backend
+
+            weights, _ = self.weights_for(model)
+            self._backends[key] = load_backend(
+                model, backend=backend, device=self.device, weights=weights, batch=self.batch, seed=self.seed
+            )
+        return self._backends[key]
+
+    def release(self, model: str | None = None) -> None:
+        """Drop loaded backends (of one model, or all) and collect their memory."""
+        for key in [k for k in self._backends if model is None or k[0] == model]:
+            del self._backends[key]
+        gc.collect()
+        if self.device == "cuda":
+            with contextlib.suppress(Exception):
+                import torch
+
+                torch.cuda.empty_cache()
+
+    def rng(self, *stream: int | str) -> np.random.Generator:
+        """A Generator seeded from the run's seed and a stream name, so every cell is reproducible on its
+        own (a resumed run draws what an uninterrupted one would have)."""
+        words = [self.seed] + [
+            int.from_bytes(str(s).encode()[:8].ljust(8, b"\0"), "little") if isinstance(s, str) else int(s)
+            for s in stream
+        ]
+        return np.random.default_rng(np.random.SeedSequence(words))
+
+    # -- ETA ---------------------------------------------------------------------------------------
+    def seconds_per_batch(self, model: str, backend: str) -> float:
+        """Median forward time of one batch, from this env's Table 1 if measured, else a guess."""
+        frame = self.store.read("table1")
+        if not frame.empty:
+            rows = frame[
+                (frame["model"] == model)
+                & (frame["backend"] == backend)
+                & (frame["device"] == self.device)
+                & (frame["batch"] == self.batch)
+            ]
+            if len(rows):
+                return float(rows["median_ms"].iloc[0]) / 1e3
+        guess = GUESS_SECONDS_PER_BATCH.get(model, 4.0) * self.batch / 160
+        return guess / 30 if self.device == "cuda" else guess
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op threads (None: leave as is)."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

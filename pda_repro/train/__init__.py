@@ -1,0 +1,1 @@
+"""Training of the zoo nets with Caffe's own solver (pycaffe)."""

@@ -1,0 +1,255 @@
+"""`pda-repro figures` draws from results/ only: synthetic CSVs in, PNGs and a README with the paper's
+numbers beside ours out — and nothing is recomputed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pda_repro.bench import figures as FG
+from pda_repro.bench.results import ResultStore, atomic_save_npz
+
+ENV = "cpu-test-2c"
+
+
+def _meta():
+    return {
+        "cpu_model": "Test CPU",
+        "logical_cores": 2,
+        "torch": "2.x",
+        "date": "2024-01-01T00:00:00+00:00",
+        "git_commit": "abc",
+        "load_average_1_5_15": [1.0, 1.0, 1.0],
+    }
+
+
+@pytest.fixture
+def results(tmp_path, rng):
+    store = ResultStore(tmp_path, ENV)
+    for backend, ms in (("caffe", 900.0), ("torch", 700.0)):
+        store.write_cell(
+            "table1",
+            {"model": "alexnet", "backend": backend, "device": "cpu", "batch": 160},
+            [
+                {
+                    "weights": "random (seeded fillers, seed 0)",
+                    "input_shape": "3x227x227",
+                    "median_ms": ms,
+                    "iqr_ms": 10.0,
+                    "min_ms": ms - 20,
+                    "max_ms": ms + 30,
+                    "mean_ms": ms,
+                    "std_ms": 5.0,
+                    "repeats": 5,
+                    "ms_per_image": ms / 160,
+                    "rss_before_mib": 500.0,
+                    "peak_rss_mib": 1500.0,
+                    "cuda_peak_mib": None,
+                    "memory_method": "VmHWM after clear_refs",
+                    "paper_k80_ms": 342.0,
+                }
+            ],
+            _meta(),
+        )
+        for method, total in (("pda", 4000.0), ("epda", 400.0)):
+            store.write_cell(
+                "fig12",
+                {
+                    "model": "alexnet",
+                    "backend": backend,
+                    "device": "cpu",
+                    "method": method,
+                    "profile": "quick",
+                    "batch": 160,
+                },
+                [
+                    {
+                        "window": 10,
+                        "outer": 18,
+                        "samples": 10 if method == "pda" else 1,
+                        "stride": 1,
+                        "weights": "random",
+                        "image": "chelsea",
+                        "explained_class": 285,
+                        "windows_total": 47524,
+                        "windows_evaluated": 80 if method == "pda" else 800,
+                        "extrapolated": True,
+                        "extrapolated_from_windows": 80 if method == "pda" else 800,
+                        "total_seconds": total,
+                        "sampling_seconds": total * 0.05,
+                        "forward_seconds": total * 0.9,
+                        "other_seconds": total * 0.05,
+                        "measured_seconds": 7.0,
+                        "measured_sampling_seconds": 0.3,
+                        "measured_forward_seconds": 6.0,
+                        "forward_passes_measured": 6,
+                        "forward_passes_total": 2971,
+                        "images_forwarded_total": 475240,
+                        "sampler_setup_seconds": 3.0,
+                    }
+                ],
+                _meta(),
+            )
+    means = {"ip1__mean": rng.normal(size=500), "ip1__std": rng.uniform(0, 1, 500)}
+    atomic_save_npz(store.dir / "fig9_10" / "mnist_torch_cpu.npz", **means)
+    store.write_cell(
+        "fig9_10",
+        {
+            "model": "mnist",
+            "backend": "torch",
+            "device": "cpu",
+            "weights": "mnist.caffemodel",
+            "profile": "paper",
+        },
+        [
+            {
+                "weights": "mnist.caffemodel (sha256 12345678)",
+                "layer": "ip1",
+                "samples": 160,
+                "window": 4,
+                "outer": 12,
+                "window_row": 0,
+                "window_col": 0,
+                "image": "mnist-test-0",
+                "neurons": 500,
+                "median_abs_mean": 0.5,
+                "median_std": 0.01,
+                "max_std": 0.1,
+                "median_abs_mean_over_std": 50.0,
+                "fraction_std_below_abs_mean": 0.9,
+                "data_file": "fig9_10/mnist_torch_cpu.npz",
+            }
+        ],
+        _meta(),
+    )
+    store.write_cell(
+        "fig11",
+        {"model": "mnist", "backend": "torch", "device": "cpu", "weights": "w", "profile": "paper"},
+        [
+            {
+                "weights": "mnist.caffemodel (sha256 12345678)",
+                "image_index": i,
+                "image": f"d{i}",
+                "window": 4,
+                "outer": 12,
+                "window_row": 12,
+                "window_col": 12,
+                "am_samples": 500,
+                "class": 1,
+                "p_image": 0.9,
+                "am": 0.8,
+                "ngm": 0.8 + d,
+                "abs_am_minus_ngm": abs(d),
+                "ngm_of_sampled_logits": 0.8,
+                "abs_am_minus_ngm_of_sampled_logits": 0.0,
+            }
+            for i, d in enumerate(rng.normal(0, 0.01, 200))
+        ],
+        {**_meta(), "images": "the first 200 MNIST test digits"},
+    )
+    curve = np.abs(rng.normal(0, 0.1, 50)) / np.arange(1, 51)
+    store.write_cell(
+        "fig16",
+        {"model": "mnist", "backend": "torch", "device": "cpu", "weights": "w", "profile": "paper"},
+        [
+            {
+                "weights": "random (seeded fillers, seed 0)",
+                "image": "d0",
+                "class": 1,
+                "window": 4,
+                "outer": 12,
+                "window_row": 12,
+                "window_col": 12,
+                "repeats": 3,
+                "S": s + 1,
+                "p_epda": 0.5,
+                "p_pda_run0": 0.5 + curve[s],
+                "abs_diff_run0": curve[s],
+                "abs_diff_median": curve[s],
+                "abs_diff_q1": curve[s] / 2,
+                "abs_diff_q3": curve[s] * 2,
+            }
+            for s in range(50)
+        ],
+        _meta(),
+    )
+    return tmp_path
+
+
+def test_render_all_from_results_only(results, monkeypatch):
+    import pda_repro.backends as backends
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("figures must not run a net")
+
+    monkeypatch.setattr(backends, "load_backend", no_recompute)
+    done = FG.render_all(results)
+    names = sorted(p.name for p in done.figures)
+    assert names == sorted(
+        [
+            f"table1_{ENV}.png",
+            f"fig12_{ENV}.png",
+            f"fig12_{ENV}_log.png",
+            f"fig9_10_mnist_{ENV}.png",
+            f"fig11_mnist_{ENV}.png",
+            f"fig16_mnist_{ENV}.png",
+        ]
+    )
+    for p in done.figures:
+        assert p.parent == results / "figures" and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    readme = (results / "README.md").read_text()
+    # the paper's numbers with their setting, and ours with theirs
+    for text in (
+        "342",
+        "3301",
+        "634",
+        "Tesla K80, batch 160",
+        "501,760",
+        "10×",
+        "900.0",
+        "700.0",
+        "extrapolated from 80 of 47524 windows",
+        "10.0x",
+        "Test CPU",
+        "the first 200 MNIST test digits",
+        "mnist.caffemodel (sha256 12345678)",
+    ):
+        assert text in readme, text
+
+
+def test_random_weights_are_flagged_on_the_figure(results, monkeypatch):
+    titles: list[str] = []
+    import matplotlib.figure
+
+    original = matplotlib.figure.Figure.suptitle
+
+    def spy(self, t, *a, **k):
+        titles.append(t)
+        return original(self, t, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle", spy)
+    frame = FG._read(results / ENV, "fig9_10")
+    frame.loc[:, "weights"] = "random (seeded fillers, seed 0)"
+    FG.plot_fig9_10(frame, results / ENV, "mnist", results / "figures")
+    assert any("RANDOM WEIGHTS" in t for t in titles)
+
+
+def test_empty_results_render_nothing(tmp_path):
+    done = FG.render_all(tmp_path)
+    assert done.figures == [] and (tmp_path / "README.md").is_file()
+
+
+def test_cli_figures_and_benchmark_errors(results, capsys):
+    from pda_repro.cli import main
+
+    assert main(["figures", "--results", str(results)]) == 0
+    assert (results / "figures" / f"fig12_{ENV}_log.png").is_file()
+    assert (
+        main(["benchmark", "run", "--model", "alexnet", "--experiments", "table2", "--results", str(results)])
+        == 2
+    )
+    assert "unknown experiment" in capsys.readouterr().err
+    assert main(["benchmark", "run", "--model", "alexnt", "--results", str(results)]) == 2
+    assert "alexnet" in capsys.readouterr().err  # suggests the close name
+    assert main(["benchmark", "run", "--model", "all", "--weights", __file__, "--results", str(results)]) == 2
+    assert "exactly one" in capsys.readouterr().err
