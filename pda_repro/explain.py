@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pda_repro.backends.base import Backend
-from pda_repro.methods import METHODS, get_method
+from pda_repro.methods import METHODS, WindowGrid, get_method
 from pda_repro.methods.base import ProgressCallback, RunContext, check_positive_int, model_spec
 
 DEFAULT_TRAIN_SIZE_1000 = 100_000  # N of the original PDA code for the ILSVRC nets
@@ -37,10 +37,12 @@ class Explanation:
       difference; the gradient baselines their own relevance.
     classes: (n_classes,) int64; probs: (K,) float32 P(c|x) of the image.
     params: every argument that shaped the maps, plus facts (windows_total, root_seed, units, ...).
-    seconds: wall time of the whole call; forward_passes: backend.forward calls (incl. the one on the
-      image); timings: seconds spent drawing/imputing ("sampling"), in forward ("forward") and
-      backward ("backward") passes, and the rest ("other"); windows_evaluated: windows actually run
-      (fewer than params["windows_total"] with window_subset).
+    seconds: wall time of this call; forward_passes: backend.forward calls of this call (incl. the
+      one on the image; params["images_forwarded"] counts images); timings: seconds spent
+      drawing/imputing ("sampling"), in forward ("forward") and backward ("backward") passes, and the
+      rest ("other") -- after a resume they include the interrupted run's time saved in the
+      checkpoint; windows_evaluated: windows run (fewer than params["windows_total"] with
+      window_subset).
     """
 
     maps: np.ndarray
@@ -178,7 +180,9 @@ def explain(
     generator = _check_rng(rng)
     if checkpoint is not None and not cls.checkpointable:
         checkpointable = [n for n, c in METHODS.items() if c.checkpointable]
-        raise ValueError(f"checkpoint is only supported by {', '.join(checkpointable)}; method {method!r} is not")
+        raise ValueError(
+            f"checkpoint is only supported by {', '.join(checkpointable)}; method {method!r} is not"
+        )
     if window_subset is not None and not cls.supports_window_subset:
         raise ValueError(f"window_subset applies to window methods only; method {method!r} has no windows")
     checkpoint_batches = check_positive_int("checkpoint_batches", checkpoint_batches)
@@ -203,8 +207,8 @@ def explain(
     instance = cls(**kwargs)
     instance.validate(net, x)
 
-    if window_subset is not None:
-        window_subset = check_positive_int("window_subset", window_subset)
+    if window_subset is not None:  # checked against the number of windows before any forward
+        WindowGrid(x.shape[1], x.shape[2], instance.window, instance.stride).subset(window_subset)
     t0 = time.perf_counter()
     probs, logits = net.forward(x[None])
     t_first = time.perf_counter() - t0

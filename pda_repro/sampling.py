@@ -28,8 +28,8 @@ rows/cols are window top-left corners.  Precision: the gain and factors are alwa
 agree with float64 to ~1e-6 relative — while ``dtype=np.float64`` is exact to rounding (used by tests).
 Randomness comes only from the passed ``numpy.random.Generator``: ``sample_at`` draws all standard
 normals of a call in one block of shape (W, n, C·k·k), in the order the windows are given, so the same
-seed gives the same samples and calling it on consecutive chunks with one generator gives the same
-samples as one call over all windows.
+seed gives the same samples, and calling it on consecutive chunks with one generator gives the same
+samples as one call over all windows (up to float rounding of the differently sized BLAS products).
 """
 
 from __future__ import annotations
@@ -351,12 +351,13 @@ class PatchGaussian(WindowImputer):
         n_patches = _check_count(n_patches, "n_patches")
         if not np.isfinite(ridge) or ridge < 0:
             raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
-        imgs = [images[i] for i in range(len(images))] if not isinstance(images, list) else images
-        if not imgs:
+        stack = images if isinstance(images, np.ndarray) and images.ndim == 4 else None
+        imgs = list(images) if stack is None else stack
+        if len(imgs) == 0:
             raise ValueError("fit needs at least one image, got none")
         channels = None
-        for i, im in enumerate(imgs):
-            shape = np.shape(im)
+        for i in range(1 if stack is not None else len(imgs)):
+            shape = np.shape(imgs[i])
             if len(shape) != 3:
                 raise ValueError(f"image {i} must be C×H×W, got shape {shape}")
             if channels is None:
@@ -365,8 +366,12 @@ class PatchGaussian(WindowImputer):
                 raise ValueError(f"image {i} has {shape[0]} channels, image 0 has {channels}")
             if shape[1] < l or shape[2] < l:
                 raise ValueError(f"outer patch l={l} is larger than image {i} ({shape[1]}×{shape[2]})")
-            if not np.isfinite(np.asarray(im, dtype=np.float64)).all():
+            if stack is None and not np.isfinite(np.asarray(imgs[i], dtype=np.float64)).all():
                 raise ValueError(f"image {i} contains NaN/inf values")
+        if stack is not None:
+            finite = np.isfinite(stack).reshape(stack.shape[0], -1).all(axis=1)
+            if not finite.all():
+                raise ValueError(f"image {int(np.argmin(finite))} contains NaN/inf values")
         dim = channels * l * l
         block = l * l if independent_channels else dim
         if n_patches <= block:
@@ -375,24 +380,32 @@ class PatchGaussian(WindowImputer):
                 f"(C={channels}, l={l}{', per channel' if independent_channels else ''}): "
                 f"need more than {block} or the sample covariance is singular"
             )
-        counts = np.array([(np.shape(im)[1] - l + 1) * (np.shape(im)[2] - l + 1) for im in imgs])
+        sizes = np.array([np.shape(im)[1:] for im in imgs]) if stack is None else np.array([stack.shape[2:]])
+        counts = (sizes[:, 0] - l + 1) * (sizes[:, 1] - l + 1)
+        if stack is not None:
+            counts = np.repeat(counts, stack.shape[0])
         total = int(counts.sum())
         if n_patches > total:
             raise ValueError(
                 f"asked for n_patches={n_patches} but the images hold only {total} l×l positions (l={l})"
             )
+        # distinct (image, row, col) positions, drawn without replacement, in sorted order
         picks = np.sort(rng.choice(total, size=n_patches, replace=False))
         bounds = np.concatenate([[0], np.cumsum(counts)])
         which = np.searchsorted(bounds, picks, side="right") - 1
-        patches = np.empty((n_patches, dim), dtype=np.float64)
-        for i in np.unique(which):
-            sel = np.flatnonzero(which == i)
-            local = picks[sel] - bounds[i]
-            im = np.asarray(imgs[i], dtype=np.float64)
-            n_cols = im.shape[2] - l + 1
-            r, c = local // n_cols, local % n_cols
-            view = np.lib.stride_tricks.sliding_window_view(im, (l, l), axis=(1, 2))  # C, H', W', l, l
-            patches[sel] = np.moveaxis(view[:, r, c], 0, 1).reshape(sel.size, dim)
+        local = picks - bounds[which]
+        n_cols = sizes[0 if stack is not None else which, 1] - l + 1
+        r, c = local // n_cols, local % n_cols
+        if stack is not None:  # one gather for an N×C×H×W array
+            view = np.lib.stride_tricks.sliding_window_view(stack, (l, l), axis=(2, 3))  # N, C, H', W', l, l
+            patches = view[which, :, r, c].reshape(n_patches, dim).astype(np.float64)
+        else:
+            patches = np.empty((n_patches, dim), dtype=np.float64)
+            for i in np.unique(which):
+                sel = np.flatnonzero(which == i)
+                im = np.asarray(imgs[i], dtype=np.float64)
+                view = np.lib.stride_tricks.sliding_window_view(im, (l, l), axis=(1, 2))  # C, H', W', l, l
+                patches[sel] = np.moveaxis(view[:, r[sel], c[sel]], 0, 1).reshape(sel.size, dim)
         mean = patches.mean(axis=0)
         centred = patches - mean
         cov = centred.T @ centred / (n_patches - 1)
@@ -551,6 +564,8 @@ class PatchGaussian(WindowImputer):
 
     def _groups(self, rows, cols, height, width):
         """Yield (case, indices of the windows with that case) in a fixed order."""
+        if rows.size == 0:
+            return
         clips = self._clip_cases(rows, cols, height, width)
         base = self.pad + 1
         codes = ((clips[:, 0] * base + clips[:, 1]) * base + clips[:, 2]) * base + clips[:, 3]
@@ -752,10 +767,10 @@ class MarginalSampler(WindowImputer):
         self._mean_image = data.mean(axis=0, dtype=np.float64)
 
     def check(self, x: ArrayLike) -> None:
+        _check_image(x, self.channels, self.k, "window k", np.dtype(np.float32))
         shape = np.shape(x)
         if shape != self.images.shape[1:]:
             raise ValueError(f"image shape {shape} differs from the dataset images' {self.images.shape[1:]}")
-        _check_image(x, self.channels, self.k, "window k", np.dtype(np.float32))
 
     def _windows(self, x: ArrayLike, rows: ArrayLike, cols: ArrayLike):
         self.check(x)

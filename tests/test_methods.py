@@ -93,7 +93,9 @@ def test_laplace_and_log_odds_by_hand():
     assert weight_of_evidence(np.array(1.0), np.array(0.0), 8, 2) == pytest.approx(2 * np.log2(9))
 
 
-@pytest.mark.parametrize(("h", "w", "k", "stride"), [(11, 13, 4, 1), (11, 13, 4, 3), (10, 9, 3, 2), (7, 7, 6, 5)])
+@pytest.mark.parametrize(
+    ("h", "w", "k", "stride"), [(11, 13, 4, 1), (11, 13, 4, 3), (10, 9, 3, 2), (7, 7, 6, 5)]
+)
 def test_average_over_windows_counts_edges(rng, h, w, k, stride):
     grid = WindowGrid(h, w, k, stride)
     rows, cols = grid.corners()
@@ -126,7 +128,9 @@ def test_window_subset_is_evenly_spread_and_fixed():
 def test_epda_equals_closed_form_on_linear_net(rng, linear_net, image):
     k, l = 3, 5  # noqa: E741
     gauss = make_gaussian(rng, k, l)
-    res = explain(linear_net, image, method="epda", window=k, outer=l, sampler=gauss, train_size=N_TRAIN, progress=False)
+    res = explain(
+        linear_net, image, method="epda", window=k, outer=l, sampler=gauss, train_size=N_TRAIN, progress=False
+    )
     w, b = linear_weights(linear_net)
     x = image.astype(np.float64)
     p_x = softmax64(w @ x.ravel() + b)
@@ -150,9 +154,16 @@ def test_pda_with_zero_covariance_equals_epda_exactly(rng, linear_net, image):
     gauss = make_gaussian(rng)
     common = dict(window=3, outer=5, train_size=N_TRAIN, progress=False, batch=13)
     epda = explain(linear_net, image, method="epda", sampler=gauss, **common)
-    pda = explain(linear_net, image, method="pda", samples=5, sampler=ZeroCovariance(gauss), rng=rng, **common)
+    pda = explain(
+        linear_net, image, method="pda", samples=5, sampler=ZeroCovariance(gauss), rng=rng, **common
+    )
     np.testing.assert_array_equal(pda.maps, epda.maps)
     assert pda.params["images_forwarded"] == 1 + 49 * 5
+    sampled = explain(
+        linear_net, image, method="epda_sampled", samples=5, sampler=ZeroCovariance(gauss), rng=rng, **common
+    )
+    np.testing.assert_array_equal(sampled.maps, epda.maps)  # the mean of 5 equal draws is the draw
+    assert sampled.params["images_forwarded"] == 1 + 49
 
 
 def test_pda_approaches_the_arithmetic_mean(rng, linear_net, image):
@@ -219,7 +230,9 @@ def test_simplified_logit_is_exact_prediction_difference_on_linear_net(rng, line
 def test_simplified_prob_is_first_order_probability_difference(rng, linear_net, image):
     k, l = 3, 5  # noqa: E741
     gauss = make_gaussian(rng, k, l)
-    res = explain(linear_net, image, method="simplified", window=k, outer=l, sampler=gauss, classes=[2], progress=False)
+    res = explain(
+        linear_net, image, method="simplified", window=k, outer=l, sampler=gauss, classes=[2], progress=False
+    )
     assert res.params["output"] == "prob"
     w, b = linear_weights(linear_net)
     x = image.astype(np.float64)
@@ -244,7 +257,9 @@ def test_occlusion_equals_plain_loop(linear_net, image, stride):
         train_size=N_TRAIN, progress=False, batch=7,
     )  # fmt: skip
     for i, c in enumerate([1, 3]):
-        expected = plain_window_we(linear_net, image.astype(np.float64), k, stride, c, N_TRAIN, lambda r, q: value)
+        expected = plain_window_we(
+            linear_net, image.astype(np.float64), k, stride, c, N_TRAIN, lambda r, q: value
+        )
         np.testing.assert_allclose(res.maps[i], expected, atol=1e-5)
     if stride == 3:  # windows at 0 and 3 cover rows/cols 0..6 of 9: the rest is 0
         assert np.all(res.maps[:, 7:, :] == 0) and np.all(res.maps[:, :, 7:] == 0)
@@ -305,15 +320,21 @@ def test_deep_taylor_two_layer_relu_net_by_hand(rng):
     assert np.abs(res.maps).max() > 1e-3
 
 
-def test_deep_taylor_rejects_images_outside_bounds(rng):
+def test_deep_taylor_rejects_images_outside_bounds_before_running(rng):
     path = TINY / "mlp.prototxt"
     net = NumpyChainBackend(path, random_weights(parse_prototxt(path), rng))
     x = rng.uniform(0, 2, (1, 3, 3)).astype(np.float32)
-    with pytest.raises(ValueError, match="bounds"):
-        explain(net, x, method="deep_taylor", bounds=(0.0, 1.0), progress=False)
-    with pytest.raises(ValueError, match="bounds"):
-        explain(net, x, method="deep_taylor", progress=False)  # no spec, no bounds
-    assert deep_taylor_relevance  # public for the benchmarks
+    for kwargs, message in [
+        (dict(bounds=(0.0, 1.0)), "outside the deep Taylor bounds"),
+        (dict(bounds=(1.0, 0.0)), "low <= high"),
+        (dict(bounds=(0.0, np.ones(5))), "shape"),
+        ({}, "bounds=\\(low, high\\)"),  # no zoo spec to take them from
+    ]:
+        with pytest.raises(ValueError, match=message):
+            explain(net, x, method="deep_taylor", progress=False, **kwargs)
+    assert net.forward_calls == []
+    relevance, logits = deep_taylor_relevance(net, x, np.array([0, 2]), (0.0, 2.0))  # inside: fine
+    assert relevance.shape == (2, 1, 3, 3) and logits.shape == (2,)
 
 
 # -- batching, reproducibility, progress -------------------------------------------------------------
@@ -355,7 +376,9 @@ def test_progress_callback_and_timings(rng, linear_net, image):
 
 def test_window_subset_evaluates_only_those_windows(rng, linear_net, image):
     gauss = make_gaussian(rng)
-    full = explain(linear_net, image, method="epda", window=3, outer=5, sampler=gauss, train_size=N_TRAIN, progress=False)
+    full = explain(
+        linear_net, image, method="epda", window=3, outer=5, sampler=gauss, train_size=N_TRAIN, progress=False
+    )
     part = explain(
         linear_net, image, method="epda", window=3, outer=5, sampler=gauss, train_size=N_TRAIN, progress=False,
         window_subset=5,
@@ -398,7 +421,9 @@ def test_interrupt_and_resume_gives_the_identical_result(tmp_path):
     script = tmp_path / "killed_run.py"
     script.write_text(textwrap.dedent(KILLED_RUN.format(repo=str(REPO))))
     ckpt = tmp_path / "run.ckpt.npz"
-    proc = subprocess.run([sys.executable, str(script), str(ckpt)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(ckpt)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == -9, proc.stderr  # killed after 4 batches of 10
     assert ckpt.exists()
 
@@ -410,7 +435,9 @@ def test_interrupt_and_resume_gives_the_identical_result(tmp_path):
     net, x, gauss = killed_run.setup()
     args = dict(killed_run.ARGS)
     with pytest.raises(ValueError, match="samples"):  # other arguments: refuse to mix runs
-        explain(net, x, sampler=gauss, rng=np.random.default_rng(5), checkpoint=ckpt, **{**args, "samples": 7})
+        explain(
+            net, x, sampler=gauss, rng=np.random.default_rng(5), checkpoint=ckpt, **{**args, "samples": 7}
+        )
     assert ckpt.exists()
     resumed = explain(net, x, sampler=gauss, rng=np.random.default_rng(5), checkpoint=ckpt, **args)
     assert resumed.params["resumed_evaluations"] == 40
@@ -425,7 +452,15 @@ def test_checkpoint_that_is_not_one_is_a_clear_error(tmp_path, rng, linear_net, 
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable PDA checkpoint"):
-        explain(linear_net, image, method="occlusion", window=3, train_size=N_TRAIN, checkpoint=bad, progress=False)
+        explain(
+            linear_net,
+            image,
+            method="occlusion",
+            window=3,
+            train_size=N_TRAIN,
+            checkpoint=bad,
+            progress=False,
+        )
 
 
 # -- bad input: a clear error before any forward pass ------------------------------------------------
@@ -462,6 +497,7 @@ def bad_cases(image, gauss, rng):
         (dict(ok, train_size=None), "train_size"),
         (dict(ok, method="saliency", checkpoint="x.npz"), "checkpoint"),
         (dict(ok, window_subset=0), "window_subset"),
+        (dict(ok, window_subset=50), "window_subset must be an integer in 1..49"),
         (dict(ok, method="gradcam"), "4-D"),
     ]
 

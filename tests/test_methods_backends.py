@@ -11,7 +11,7 @@ from pda_repro.backends import load_backend
 from pda_repro.backends.caffemodel import write_caffemodel
 from pda_repro.explain import explain, load_model
 from pda_repro.methods.gradients import default_cam_blob, upsample_bilinear
-from pda_repro.sampling import PatchGaussian
+from pda_repro.sampling import MarginalSampler, PatchGaussian
 from tests.reference.methods_ref import TINY, NumpyChainBackend, parse_prototxt, random_spd, random_weights
 
 BACKENDS = ["torch", pytest.param("caffe", marks=pytest.mark.caffe)]
@@ -125,15 +125,25 @@ def test_deep_taylor_conserves_relevance_through_conv_and_pooling(tmp_path, rng)
 
 
 def test_deep_taylor_rejects_other_layer_types_before_running(tmp_path, rng, monkeypatch):
-    text = (TINY / "conv.prototxt").read_text().replace(
-        'layer {\n  name: "pool1"',
-        'layer {\n  name: "norm1"\n  type: "LRN"\n  bottom: "conv1"\n  top: "norm1"\n'
-        "  lrn_param { local_size: 3 alpha: 0.0001 beta: 0.75 }\n}\n"
-        'layer {\n  name: "pool1"',
-    ).replace('name: "pool1"\n  type: "Pooling"\n  bottom: "conv1"', 'name: "pool1"\n  type: "Pooling"\n  bottom: "norm1"')
+    text = (
+        (TINY / "conv.prototxt")
+        .read_text()
+        .replace(
+            'layer {\n  name: "pool1"',
+            'layer {\n  name: "norm1"\n  type: "LRN"\n  bottom: "conv1"\n  top: "norm1"\n'
+            "  lrn_param { local_size: 3 alpha: 0.0001 beta: 0.75 }\n}\n"
+            'layer {\n  name: "pool1"',
+        )
+        .replace(
+            'name: "pool1"\n  type: "Pooling"\n  bottom: "conv1"',
+            'name: "pool1"\n  type: "Pooling"\n  bottom: "norm1"',
+        )
+    )
     prototxt = tmp_path / "lrn.prototxt"
     prototxt.write_text(text)
-    net = load_backend(prototxt, backend="torch", weights=random_weights(parse_prototxt(TINY / "conv.prototxt"), rng))
+    net = load_backend(
+        prototxt, backend="torch", weights=random_weights(parse_prototxt(TINY / "conv.prototxt"), rng)
+    )
     monkeypatch.setattr(net, "forward", lambda x: pytest.fail("ran a forward pass before rejecting"))
     x = rng.standard_normal(net.input_shape).astype(np.float32)
     with pytest.raises(ValueError, match=r"'norm1' of type 'LRN'"):
@@ -165,6 +175,14 @@ def test_zoo_defaults_for_mnist():
     assert default_cam_blob(net) == "conv2"
     dt = explain(net, x, method="deep_taylor", classes=[3], progress=False)  # bounds from input_range
     assert dt.maps.sum() == pytest.approx(dt.params["logits"][0], rel=1e-5, abs=1e-6)
+    digits = np.random.default_rng(1).uniform(0, 0.99, (6, *net.input_shape)).astype(np.float32)
+    pda = explain(
+        net, x, method="pda", window=4, outer=8, samples=3, sampler=MarginalSampler(digits, 4), classes=[3],
+        window_subset=10, batch=8, progress=False,
+    )  # fmt: skip
+    assert pda.windows_evaluated == 10 and pda.params["images_forwarded"] == 1 + 30
+    assert pda.forward_passes == 1 + 4  # 30 images in batches of at most 8
+    assert np.isfinite(pda.maps).all() and np.abs(pda.maps).max() > 0
 
 
 def test_default_gradcam_blob_of_googlenet():

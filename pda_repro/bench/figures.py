@@ -120,11 +120,11 @@ def plot_table1(frame: pd.DataFrame, env: str, out: Path, machine: str) -> Path:
             color=BACKEND_COLOURS.get(backend),
             label=f"ours: {backend} (median, min-max)",
         )
-        for xi, v in zip(x + (j - (n_bars - 1) / 2) * width, med, strict=True):
+        for xi, v, up in zip(x + (j - (n_bars - 1) / 2) * width, med, hi, strict=True):
             if np.isfinite(v):
                 ax.annotate(
                     f"{v:.0f}",
-                    (xi, v),
+                    (xi, v + up),
                     ha="center",
                     va="bottom",
                     fontsize=7,
@@ -140,8 +140,21 @@ def plot_table1(frame: pd.DataFrame, env: str, out: Path, machine: str) -> Path:
             color="#999999",
             label=f"paper: {PAPER['table1_setting']}",
         )
+        for xi, v in zip(x + (n_bars - 1 - (n_bars - 1) / 2) * width, paper, strict=True):
+            if np.isfinite(v):
+                ax.annotate(
+                    f"{v:.0f}",
+                    (xi, v),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                )
     ax.set_xticks(x, models)
     ax.set_yscale("log")
+    lows = [float(frame["min_ms"].min())] + [v for m, v in PAPER["table1_ms"].items() if m in models]
+    ax.set_ylim(min(lows) / 3, float(frame["max_ms"].max()) * 3)
     ax.set_ylabel("forward time of one batch [ms] (log)")
     batch = ", ".join(str(b) for b in sorted(frame["batch"].unique()))
     device = ", ".join(sorted(frame["device"].unique()))
@@ -261,7 +274,12 @@ def plot_fig12(frame: pd.DataFrame, env: str, out: Path, machine: str, log: bool
         f"{env}: {machine}; paper: ≈{PAPER['speedup']:.0f}x speed-up on a K80",
         fontsize=9,
     )
-    ax.legend(fontsize=7, loc="upper left")
+    top = float(frame["total_seconds"].max())
+    if log:
+        ax.set_ylim(float(frame["total_seconds"].min()) / 3, top * 4)
+    else:
+        ax.set_ylim(0, top * 1.2)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
     return _save(fig, out / f"fig12_{env}{'_log' if log else ''}.png")
 
 
@@ -673,6 +691,8 @@ def _approx_section(env_dir: Path) -> list[str]:
                 ],
                 rows,
             ),
+            "",
+            *[f"Images: {src}." for src in sources],
             "",
         ]
     f16 = _read(env_dir, "fig16")

@@ -1,8 +1,8 @@
 """Explanation methods by name (a timm-like registry): PDA, efficient PDA and the paper's baselines.
 
-    METHODS["epda"]        -> the method class; explain(net, image, method="epda", ...) builds it
-    available_methods()    -> the names
-    get_method(name)       -> the class, or ValueError listing the known names
+METHODS["epda"]        -> the method class; explain(net, image, method="epda", ...) builds it
+available_methods()    -> the names
+get_method(name)       -> the class, or ValueError listing the known names
 """
 
 from __future__ import annotations

@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from pda_repro.backends.base import Backend
 from pda_repro.methods.base import Method, MethodResult, RunContext, model_spec
@@ -41,8 +39,8 @@ SUPPORTED = ("Convolution", "InnerProduct", "ReLU", "Pooling (MAX)", "Dropout", 
 class _Step:
     kind: str  # conv | ip | relu | maxpool | identity
     name: str
-    weight: torch.Tensor | None = None
-    bias: torch.Tensor | None = None
+    weight: np.ndarray | None = None  # float64, Caffe layout
+    bias: np.ndarray | None = None
     options: dict | None = None
 
 
@@ -86,8 +84,8 @@ def _build_chain(net: Backend) -> list[_Step]:
                 _Step(
                     "conv",
                     name,
-                    torch.from_numpy(np.asarray(w[0], dtype=np.float64)),
-                    torch.from_numpy(np.asarray(w[1], dtype=np.float64)) if p.bias_term and len(w) > 1 else None,
+                    np.asarray(w[0], dtype=np.float64),
+                    np.asarray(w[1], dtype=np.float64) if p.bias_term and len(w) > 1 else None,
                     {
                         "stride": _pair(p.stride, p.stride_h, p.stride_w, 1),
                         "padding": _pair(p.pad, p.pad_h, p.pad_w, 0),
@@ -99,14 +97,16 @@ def _build_chain(net: Backend) -> list[_Step]:
         elif t == "InnerProduct":
             p = layer.inner_product_param
             if p.transpose or p.axis != 1:
-                raise ValueError(f"deep_taylor supports InnerProduct with axis 1, no transpose (layer {name!r})")
+                raise ValueError(
+                    f"deep_taylor supports InnerProduct with axis 1, no transpose (layer {name!r})"
+                )
             w = weights[name]
             steps.append(
                 _Step(
                     "ip",
                     name,
-                    torch.from_numpy(np.asarray(w[0], dtype=np.float64)),
-                    torch.from_numpy(np.asarray(w[1], dtype=np.float64)) if p.bias_term and len(w) > 1 else None,
+                    np.asarray(w[0], dtype=np.float64),
+                    np.asarray(w[1], dtype=np.float64) if p.bias_term and len(w) > 1 else None,
                 )
             )
         elif t == "ReLU":
@@ -144,71 +144,12 @@ def _build_chain(net: Backend) -> list[_Step]:
             raise ValueError(f"deep_taylor needs one top per layer; layer {name!r} has {list(layer.top)}")
         current = layer.top[0]
     if current != net.logits_blob:
-        raise ValueError(f"deep_taylor's chain ends at {current!r}, but the logits blob is {net.logits_blob!r}")
+        raise ValueError(
+            f"deep_taylor's chain ends at {current!r}, but the logits blob is {net.logits_blob!r}"
+        )
     if not any(s.kind in ("conv", "ip") for s in steps):
         raise ValueError("deep_taylor needs at least one Convolution or InnerProduct layer")
     return steps
-
-
-def _linear(step: _Step, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
-    if step.kind == "conv":
-        return F.conv2d(a, weight, bias, **step.options)
-    return F.linear(a.flatten(1), weight, bias)
-
-
-def _maxpool(step: _Step, a: torch.Tensor) -> torch.Tensor:
-    o = step.options
-    kernel = tuple(a.shape[2:]) if o["global"] else o["kernel"]
-    stride = (1, 1) if o["global"] else o["stride"]
-    padding = (0, 0) if o["global"] else o["padding"]
-    return F.max_pool2d(a, kernel, stride, padding, ceil_mode=o["ceil"])
-
-
-def _forward(steps: list[_Step], x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    inputs = []
-    a = x
-    for s in steps:
-        inputs.append(a)
-        if s.kind in ("conv", "ip"):
-            a = _linear(s, a, s.weight, s.bias)
-        elif s.kind == "relu":
-            a = torch.relu(a)
-        elif s.kind == "maxpool":
-            a = _maxpool(s, a)
-    return inputs, a
-
-
-def _safe_divide(r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    return torch.where(z != 0, r / torch.where(z != 0, z, torch.ones_like(z)), torch.zeros_like(z))
-
-
-def _zplus(step: _Step, a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """R_i = Σ_j (a_i w_ij)⁺ / Σ_i' (a_i' w_i'j)⁺ · R_j (= a_i w⁺_ij / Σ a w⁺ for a ≥ 0)."""
-    a_pos = a.clamp(min=0).detach().requires_grad_(True)
-    a_neg = a.clamp(max=0).detach().requires_grad_(True)
-    z = _linear(step, a_pos, step.weight.clamp(min=0)) + _linear(step, a_neg, step.weight.clamp(max=0))
-    s = _safe_divide(r.reshape(z.shape), z).detach()
-    g_pos, g_neg = torch.autograd.grad((z * s).sum(), (a_pos, a_neg))
-    return a_pos.detach() * g_pos + a_neg.detach() * g_neg
-
-
-def _zbox(step: _Step, x: torch.Tensor, r: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """z^B rule: R_i = Σ_j (x_i w_ij − l_i w⁺_ij − h_i w⁻_ij) / Σ_i'(...) · R_j."""
-    x = x.detach().requires_grad_(True)
-    low = low.expand_as(x).clone().requires_grad_(True)
-    high = high.expand_as(x).clone().requires_grad_(True)
-    w = step.weight
-    z = _linear(step, x, w) - _linear(step, low, w.clamp(min=0)) - _linear(step, high, w.clamp(max=0))
-    s = _safe_divide(r.reshape(z.shape), z).detach()
-    gx, gl, gh = torch.autograd.grad((z * s).sum(), (x, low, high))
-    return x.detach() * gx + low.detach() * gl + high.detach() * gh
-
-
-def _winner_takes_all(step: _Step, a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    a = a.detach().requires_grad_(True)
-    out = _maxpool(step, a)
-    (grad,) = torch.autograd.grad((out * r.reshape(out.shape)).sum(), (a,))
-    return grad  # the pooled relevance summed onto each window's argmax
 
 
 def deep_taylor_relevance(
@@ -219,42 +160,31 @@ def deep_taylor_relevance(
     check_logits: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Input relevance (n_classes, C, H, W) float64 and the logits z_c (n_classes,) it conserves."""
+    from pda_repro.methods import _deep_taylor_rules as rules  # noqa: PLC0415 - imports torch
+
     steps = _build_chain(net)
-    low = torch.as_tensor(np.broadcast_to(np.asarray(bounds[0], dtype=np.float64), image.shape).copy())
-    high = torch.as_tensor(np.broadcast_to(np.asarray(bounds[1], dtype=np.float64), image.shape).copy())
-    x = torch.from_numpy(np.asarray(image, dtype=np.float64))[None]
-    if bool((x[0] < low).any() or (x[0] > high).any()):
+    low, high = check_bounds(bounds, image)
+    return rules.propagate(steps, image, classes, low, high, check_logits, net.net_param.name)
+
+
+def check_bounds(bounds: tuple[Any, Any], image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) broadcast to the image, float64; ValueError unless low <= image <= high."""
+    if bounds is None or len(bounds) != 2:
+        raise ValueError(f"bounds must be (low, high), got {bounds!r}")
+    try:
+        low, high = (np.broadcast_to(np.asarray(b, dtype=np.float64), image.shape).copy() for b in bounds)
+    except ValueError as exc:
         raise ValueError(
-            f"image values {float(x.min()):.4g}..{float(x.max()):.4g} lie outside the deep Taylor bounds "
+            f"bounds must be scalars or arrays of the image's shape {image.shape}: {exc}"
+        ) from None
+    if not (np.isfinite(low).all() and np.isfinite(high).all()) or bool(np.any(low > high)):
+        raise ValueError(f"bounds must be finite with low <= high, got {bounds!r}")
+    if bool(np.any(image < low) or np.any(image > high)):
+        raise ValueError(
+            f"image values {float(image.min()):.4g}..{float(image.max()):.4g} lie outside the deep Taylor bounds "
             f"{float(low.min()):.4g}..{float(high.max()):.4g}; pass bounds=(low, high)"
         )
-    with torch.no_grad():
-        inputs, logits = _forward(steps, x)
-    logits = logits[0]
-    if check_logits is not None:
-        ref = torch.as_tensor(np.asarray(check_logits, dtype=np.float64))
-        tol = 1e-3 * (1.0 + float(ref.abs().max()))
-        diff = float((logits - ref).abs().max())
-        if diff > tol:
-            raise RuntimeError(
-                f"deep_taylor's own forward pass of {net.net_param.name!r} differs from the backend's logits by "
-                f"{diff:.3g} (> {tol:.3g}); the net uses semantics deep_taylor does not model"
-            )
-    first_linear = next(i for i, s in enumerate(steps) if s.kind in ("conv", "ip"))
-    cls = torch.as_tensor(np.asarray(classes, dtype=np.int64))
-    relevance = torch.zeros((cls.numel(), logits.numel()), dtype=torch.float64)
-    relevance[torch.arange(cls.numel()), cls] = logits[cls]
-    r = relevance
-    for i in range(len(steps) - 1, -1, -1):
-        s = steps[i]
-        a = inputs[i].expand(cls.numel(), *inputs[i].shape[1:])
-        if s.kind in ("conv", "ip"):
-            r = _zbox(s, a, r, low, high) if i == first_linear else _zplus(s, a, r)
-        elif s.kind == "maxpool":
-            r = _winner_takes_all(s, a, r)
-        else:  # relu, dropout: pass through
-            r = r.reshape(a.shape)
-    return r.reshape(cls.numel(), *image.shape).numpy(), logits[cls].numpy()
+    return low, high
 
 
 class DeepTaylor(Method):
@@ -275,16 +205,17 @@ class DeepTaylor(Method):
             if spec is None or not hasattr(spec, "input_range"):
                 raise ValueError("deep_taylor needs the input's value bounds: pass bounds=(low, high)")
             self.bounds = tuple(spec.input_range)
-        if len(self.bounds) != 2:
-            raise ValueError(f"bounds must be (low, high), got {self.bounds!r}")
-        low, high = (np.asarray(b, dtype=np.float64) for b in self.bounds)
-        if not (np.isfinite(low).all() and np.isfinite(high).all()) or bool(np.any(low > high)):
-            raise ValueError(f"bounds must be finite with low <= high, got {self.bounds!r}")
+        check_bounds(self.bounds, image)
         _build_chain(net)  # unsupported layers: error before any forward
 
     def params(self) -> dict[str, Any]:
         low, high = (np.asarray(b, dtype=np.float64) for b in self.bounds)
-        return {"bounds": [low.tolist() if low.ndim == 0 else "array", high.tolist() if high.ndim == 0 else "array"]}
+        return {
+            "bounds": [
+                low.tolist() if low.ndim == 0 else "array",
+                high.tolist() if high.ndim == 0 else "array",
+            ]
+        }
 
     def run(self, ctx: RunContext) -> MethodResult:
         t0 = time.perf_counter()

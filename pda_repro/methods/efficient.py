@@ -29,7 +29,9 @@ class MeanImputation(WindowImputation):
     def __init__(self, sampler: Any) -> None:
         self.sampler = sampler
 
-    def impute(self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def impute(
+        self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
         return self.sampler.mean_at(x, rows, cols)[:, None]
 
     def fingerprint(self) -> dict:
@@ -48,7 +50,9 @@ class EmpiricalMeanImputation(WindowImputation):
         self.samples = samples
         self.draws_per_window = samples
 
-    def impute(self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def impute(
+        self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
         draws = self.sampler.sample_at(x, rows, cols, self.samples, rng)
         return draws.mean(axis=1, dtype=np.float64, keepdims=True).astype(np.float32)
 

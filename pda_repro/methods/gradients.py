@@ -141,7 +141,9 @@ class GradCAM(Method):
             self.blob = default_cam_blob(net)
         known = {t for layer in net.net_param.layer for t in layer.top}
         if self.blob not in known:
-            raise ValueError(f"blob {self.blob!r} is not in net {net.net_param.name!r}; known: {sorted(known)}")
+            raise ValueError(
+                f"blob {self.blob!r} is not in net {net.net_param.name!r}; known: {sorted(known)}"
+            )
 
     def params(self) -> dict[str, Any]:
         return {"blob": self.blob, "output": self.output}
@@ -154,7 +156,9 @@ class GradCAM(Method):
         )
         seconds = time.perf_counter() - t0
         if act.ndim != 4:
-            raise ValueError(f"blob {self.blob!r} is {act.ndim}-D {act.shape}; Grad-CAM needs a 4-D feature map")
+            raise ValueError(
+                f"blob {self.blob!r} is {act.ndim}-D {act.shape}; Grad-CAM needs a 4-D feature map"
+            )
         weights = grad.astype(np.float64).mean(axis=(2, 3))  # (n, K)
         cam = np.maximum(np.einsum("nk,nkij->nij", weights, act.astype(np.float64)), 0.0)
         _, h, w = ctx.image.shape

@@ -15,6 +15,7 @@ import numpy as np
 from pda_repro.backends.base import Backend
 from pda_repro.methods.base import RunContext
 from pda_repro.methods.windows import WindowImputation, WindowMethod
+from pda_repro.sampling import ConstantFill
 
 
 class ConstantImputation(WindowImputation):
@@ -23,7 +24,9 @@ class ConstantImputation(WindowImputation):
     def __init__(self, fill: Any) -> None:
         self.fill = fill  # a pda_repro.sampling.ConstantFill
 
-    def impute(self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def impute(
+        self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
         return self.fill.mean_at(x, rows, cols)[:, None]
 
     def fingerprint(self) -> dict:
@@ -48,8 +51,6 @@ class Occlusion(WindowMethod):
 
     def validate(self, net: Backend, image: np.ndarray) -> None:
         super().validate(net, image)
-        from pda_repro.sampling import ConstantFill  # noqa: PLC0415
-
         self._fill = ConstantFill(self.value, self.window, image.shape[0])  # checks the value
 
     def params(self) -> dict[str, Any]:

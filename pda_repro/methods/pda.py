@@ -30,7 +30,9 @@ class SampledImputation(WindowImputation):
         self.evaluations_per_window = samples
         self.draws_per_window = samples
 
-    def impute(self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def impute(
+        self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
         return self.sampler.sample_at(x, rows, cols, self.evaluations_per_window, rng)
 
     def fingerprint(self) -> dict:

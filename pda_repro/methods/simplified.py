@@ -84,9 +84,14 @@ class SimplifiedPDA(Method):
         prefix = np.zeros((n_cls, h + 1, w + 1))
         prefix[:, 1:, 1:] = gx.cumsum(1).cumsum(2)
         values = (
-            prefix[:, rows + k, cols + k] - prefix[:, rows, cols + k] - prefix[:, rows + k, cols] + prefix[:, rows, cols]
+            prefix[:, rows + k, cols + k]
+            - prefix[:, rows, cols + k]
+            - prefix[:, rows + k, cols]
+            + prefix[:, rows, cols]
         )
-        g_windows = np.lib.stride_tricks.sliding_window_view(grads, (k, k), axis=(2, 3))  # (n, C, H', W', k, k)
+        g_windows = np.lib.stride_tricks.sliding_window_view(
+            grads, (k, k), axis=(2, 3)
+        )  # (n, C, H', W', k, k)
         chunk = max(1, CHUNK_DRAWS)
         class_block = max(1, (1 << 23) // (chunk * c * k * k))  # bounds the gathered gradient patches
         t_sampling = 0.0

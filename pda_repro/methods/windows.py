@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from pda_repro.backends.base import Backend
 from pda_repro.methods.base import (
@@ -45,7 +46,6 @@ from pda_repro.methods.base import (
 # (never on `batch`): about CHUNK_DRAWS imputed patches per chunk keeps memory small and the sampler's
 # vectorised calls large.
 CHUNK_DRAWS = 2560
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,7 +92,9 @@ class WindowGrid:
         if count is None:
             return np.arange(n, dtype=np.int64)
         if isinstance(count, bool) or not isinstance(count, int | np.integer) or not 1 <= count <= n:
-            raise ValueError(f"window_subset must be an integer in 1..{n} (the number of windows), got {count!r}")
+            raise ValueError(
+                f"window_subset must be an integer in 1..{n} (the number of windows), got {count!r}"
+            )
         if count == 1:
             return np.array([n // 2], dtype=np.int64)
         # spacing (n-1)/(count-1) >= 1, so the rounded positions are distinct
@@ -113,9 +115,7 @@ def average_over_windows(
     rows = np.asarray(rows, dtype=np.int64)
     cols = np.asarray(cols, dtype=np.int64)
     if values.ndim != 2 or values.shape[1] != rows.size or rows.shape != cols.shape:
-        raise ValueError(
-            f"values must be (n_maps, {rows.size}) for {rows.size} windows, got {values.shape}"
-        )
+        raise ValueError(f"values must be (n_maps, {rows.size}) for {rows.size} windows, got {values.shape}")
     k = window
     count_diff = np.zeros((height + 1, width + 1), dtype=np.int64)
     for r_sign, dr in ((1, 0), (-1, k)):
@@ -356,8 +356,6 @@ def run_window_loop(
     forward_calls = images = 0
     last_save_time, batches_since_save = time.perf_counter(), 0
 
-    from tqdm.auto import tqdm  # noqa: PLC0415 - imported where used (optional dependency path)
-
     bar = tqdm(total=total, initial=cursor, unit="img", desc=description, disable=not progress, leave=False)
     try:
         while cursor < total:
@@ -395,7 +393,10 @@ def run_window_loop(
             batches_since_save += 1
             if checkpoint is not None and cursor < total:
                 now = time.perf_counter()
-                if batches_since_save >= checkpoint.every_batches or now - last_save_time >= checkpoint.every_seconds:
+                if (
+                    batches_since_save >= checkpoint.every_batches
+                    or now - last_save_time >= checkpoint.every_seconds
+                ):
                     checkpoint.save(cursor, sums, _timings(timings, run_sampling, run_forward, started))
                     last_save_time, batches_since_save = now, 0
             bar.update(n)
@@ -455,7 +456,9 @@ def check_outer(outer: object, window: int) -> int:
     if outer <= window:
         raise ValueError(f"outer={outer} must be larger than window={window}")
     if (outer - window) % 2:
-        raise ValueError(f"outer - window must be even (outer patch centred on the window), got {outer} - {window}")
+        raise ValueError(
+            f"outer - window must be even (outer patch centred on the window), got {outer} - {window}"
+        )
     return outer
 
 

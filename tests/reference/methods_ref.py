@@ -132,7 +132,9 @@ class NumpyChainBackend(Backend):
     def input_gradient(self, x, classes, output="prob"):
         x = self.check_input(x)
         c = self.class_vector(classes, x.shape[0])
-        return np.stack([self._grad(xi, int(ci), output) for xi, ci in zip(x, c, strict=True)]).astype(np.float32)
+        return np.stack([self._grad(xi, int(ci), output) for xi, ci in zip(x, c, strict=True)]).astype(
+            np.float32
+        )
 
     def blobs(self, x, names):
         x = self.check_input(x)
@@ -158,11 +160,12 @@ LinearSoftmaxBackend = NumpyChainBackend  # the name the brief uses for the Inne
 
 
 def conditional_gaussian(
-    mean: np.ndarray, cov: np.ndarray, k: int, l: int, x: np.ndarray, row: int, col: int  # noqa: E741
+    mean: np.ndarray, cov: np.ndarray, k: int, outer: int, x: np.ndarray, row: int, col: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Conditional mean (C, k, k) and covariance of the window at (row, col) given the in-image
     pixels of its l×l outer patch, by brute force: explicit index lists and numpy.linalg.inv."""
     c, h, w = x.shape
+    l = outer  # noqa: E741 - the paper's name
     pad = (l - k) // 2
     win, obs, obs_values = [], [], []
     for ch in range(c):

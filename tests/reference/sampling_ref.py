@@ -70,14 +70,16 @@ class ReferenceSampler:
     def mean_at(self, x, rows, cols):
         """(W, C, k, k) float64 conditional means, one window at a time."""
         c = x.shape[0]
-        return np.stack([self.conditional(x, r, q)[0].reshape(c, self.k, self.k) for r, q in zip(rows, cols)])
+        return np.stack(
+            [self.conditional(x, r, q)[0].reshape(c, self.k, self.k) for r, q in zip(rows, cols, strict=True)]
+        )
 
     def sample_at(self, x, rows, cols, n, rng):
         """(W, n, C, k, k) float64: for each window in turn, factorise and draw n samples μ + L z with z drawn
         as rng.standard_normal((n, C·k·k)) — the same stream order as the vectorised sampler in float64."""
         c = x.shape[0]
         out = []
-        for r, q in zip(rows, cols):
+        for r, q in zip(rows, cols, strict=True):
             cond_mean, chol = self.conditional(x, r, q)
             z = rng.standard_normal((n, cond_mean.size))
             out.append((cond_mean + z @ chol.T).reshape(n, c, self.k, self.k))
