@@ -37,6 +37,13 @@ rules; tests compare each one with a float64 brute-force loop written from Caffe
 13. ELTWISE MAX (`eltwise_max`): between the first two bottoms a tie goes to the SECOND, for later
     bottoms a tie keeps the earlier; the gradient goes to the chosen bottom only (torch.maximum
     would split it between tied inputs).
+14. IN-PLACE CHAINS: Caffe's Sigmoid and TanH backward read their top blob; if a later in-place layer
+    overwrote it (e.g. TanH then an in-place leaky ReLU), Caffe's gradient is not the derivative of
+    the forward pass. We compute the true derivative; the zoo nets have no such chain (ReLU, ReLU6 and
+    Dropout, whose backward reads a sign or nothing, are the only in-place layers after a learnable one).
+15. FLOAT32 NEAR-TIES: Caffe (im2col + GEMM) and torch round differently (~1e-6 relative), so in a max
+    pooling window whose two largest values are that close the backends may pick different maxima;
+    outputs agree to rounding, but the input gradient then differs locally. Not a semantic difference.
 """
 
 from __future__ import annotations

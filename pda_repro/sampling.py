@@ -34,11 +34,13 @@ samples as one call over all windows (up to float rounding of the differently si
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +53,9 @@ __all__ = [
     "MarginalSampler",
     "PatchGaussian",
     "WindowImputer",
+    "blas_thread_counts",
     "default_cache_dir",
+    "limit_blas_threads",
     "window_starts",
 ]
 
@@ -173,6 +177,70 @@ def _lower_times_inplace(trmm, chol: np.ndarray, block: np.ndarray) -> None:
         flat_t[...] = res
 
 
+_BLAS_CONTROLS: list[tuple[Callable, Callable]] | None = None
+
+
+def _blas_controls() -> list[tuple[Callable, Callable]]:
+    """(set_num_threads, get_num_threads) of every OpenBLAS loaded in this process (numpy's and scipy's
+    bundled copies; Linux, found through /proc/self/maps).  Empty where there is none or no /proc."""
+    global _BLAS_CONTROLS
+    if _BLAS_CONTROLS is None:
+        try:
+            with open("/proc/self/maps") as f:
+                paths = {
+                    line.split()[-1] for line in f if "/" in line and "openblas" in line.rsplit("/", 1)[-1]
+                }
+        except OSError:
+            paths = set()
+        found = []
+        for path in sorted(paths):
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for prefix in ("scipy_openblas_", "openblas_"):
+                for suffix in ("64_", ""):
+                    setter = getattr(lib, f"{prefix}set_num_threads{suffix}", None)
+                    getter = getattr(lib, f"{prefix}get_num_threads{suffix}", None)
+                    if setter is not None and getter is not None:
+                        setter.argtypes, setter.restype = [ctypes.c_int], None
+                        getter.argtypes, getter.restype = [], ctypes.c_int
+                        found.append((setter, getter))
+                        break
+                else:
+                    continue
+                break
+        _BLAS_CONTROLS = found
+    return _BLAS_CONTROLS
+
+
+def blas_thread_counts() -> list[int]:
+    """The current thread count of each OpenBLAS loaded in this process (see `limit_blas_threads`)."""
+    return [getter() for _, getter in _blas_controls()]
+
+
+@contextlib.contextmanager
+def limit_blas_threads(n: int | None) -> Iterator[int]:
+    """Run numpy's and scipy's OpenBLAS with `n` threads inside the block (None: leave them alone); yields
+    how many BLAS libraries were limited.  On a busy machine multi-threaded BLAS waits for descheduled
+    threads: measured on the shared 2-core box, factorising all clipping cases took 32 s with 2 threads
+    and 3 s with 1, and 16-window sample_at calls were ~60× slower (results/<env>/sampler.csv)."""
+    if n is None:
+        yield 0
+        return
+    if not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"BLAS thread count must be a positive integer or None, got {n!r}")
+    controls = _blas_controls()
+    previous = [getter() for _, getter in controls]
+    for setter, _ in controls:
+        setter(int(n))
+    try:
+        yield len(controls)
+    finally:
+        for (setter, _), count in zip(controls, previous, strict=True):
+            setter(count)
+
+
 # -- the shared contract ----------------------------------------------------------------------------------
 
 
@@ -249,7 +317,9 @@ class PatchGaussian(WindowImputer):
     """Location-independent Gaussian over l×l patches, all C channels jointly (vector in (C, l, l) order).
 
     Build it from parameters, ``PatchGaussian(mean, cov, k, l, channels)``, or estimate it with
-    ``PatchGaussian.fit`` / ``PatchGaussian.fit_cached``; ``save`` / ``load`` keep it in a ``.npz``."""
+    ``PatchGaussian.fit`` / ``PatchGaussian.fit_cached``; ``save`` / ``load`` keep it in a ``.npz``.
+    ``blas_threads`` (default 1; None leaves BLAS alone) is the OpenBLAS thread count used while sampling:
+    single-threaded BLAS was faster in every measurement on the shared 2-core machine."""
 
     def __init__(
         self,
@@ -264,8 +334,11 @@ class PatchGaussian(WindowImputer):
         n_patches: int = 0,
         independent_channels: bool = False,
         ridge: float = 0.0,
+        blas_threads: int | None = 1,
     ) -> None:
         _check_window_sizes(k, l)
+        if blas_threads is not None:
+            _check_count(blas_threads, "blas_threads")
         _check_count(channels, "channels")
         dim = channels * l * l
         mean = np.array(mean, dtype=np.float64)
@@ -302,6 +375,7 @@ class PatchGaussian(WindowImputer):
         self.n_patches = int(n_patches)
         self.independent_channels = bool(independent_channels)
         self.ridge = float(ridge)
+        self.blas_threads = blas_threads
         # patch-vector indices of the window pixels, in (C, k, k) order
         ch, ii, jj = np.meshgrid(
             np.arange(self.channels),
@@ -585,6 +659,12 @@ class PatchGaussian(WindowImputer):
         cached = self._cases.get(case)
         if cached is not None:
             return cached
+        with limit_blas_threads(self.blas_threads):
+            factors = self._factorise(case)
+        self._cases[case] = factors
+        return factors
+
+    def _factorise(self, case: tuple[int, int, int, int]) -> _CaseFactors:
         top, bottom, left, right = case
         size, pad, k = self.l, self.pad, self.k
         inside = np.zeros((self.channels, size, size), dtype=bool)
@@ -613,9 +693,7 @@ class PatchGaussian(WindowImputer):
             ) from None
         cond_chol = np.tril(cond_chol)
         offset = self.mean[w] - self.mean[patch_o] @ gain_t
-        factors = _CaseFactors(patch_o, gain_t, offset, cond_cov, cond_chol)
-        self._cases[case] = factors
-        return factors
+        return _CaseFactors(patch_o, gain_t, offset, cond_cov, cond_chol)
 
     def _factors(self, case, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         key = (case, dtype.str)
@@ -671,17 +749,18 @@ class PatchGaussian(WindowImputer):
         """out[i] = conditional mean (flattened) of window i; x already checked, in out's dtype."""
         _, height, width = x.shape
         flat = x.reshape(-1)
-        for case, idx in self._groups(rows, cols, height, width):
-            gain_t, offset, _ = self._factors(case, out.dtype)
-            offs = self._image_offsets(case, height, width)
-            sel = np.arange(rows.size) if idx is None else idx
-            for a in range(0, sel.size, _CHUNK_WINDOWS):
-                part = sel[a : a + _CHUNK_WINDOWS]
-                corner = (rows[part] - self.pad) * width + (cols[part] - self.pad)
-                x_o = flat[corner[:, None] + offs[None, :]]
-                res = x_o @ gain_t
-                res += offset
-                out[part] = res
+        with limit_blas_threads(self.blas_threads):
+            for case, idx in self._groups(rows, cols, height, width):
+                gain_t, offset, _ = self._factors(case, out.dtype)
+                offs = self._image_offsets(case, height, width)
+                sel = np.arange(rows.size) if idx is None else idx
+                for a in range(0, sel.size, _CHUNK_WINDOWS):
+                    part = sel[a : a + _CHUNK_WINDOWS]
+                    corner = (rows[part] - self.pad) * width + (cols[part] - self.pad)
+                    x_o = flat[corner[:, None] + offs[None, :]]
+                    res = x_o @ gain_t
+                    res += offset
+                    out[part] = res
 
     def mean_at(
         self, x: ArrayLike, rows: ArrayLike, cols: ArrayLike, dtype: DTypeLike = np.float32
@@ -707,7 +786,7 @@ class PatchGaussian(WindowImputer):
 
         z is drawn as one (W, n, C·k·k) block in the given window order; then the windows are grouped by
         clipping case and each group is transformed with few, large in-place triangular products (BLAS
-        trmm) — few large BLAS calls stay fast when multi-threaded BLAS shares busy cores."""
+        trmm).  BLAS runs with ``self.blas_threads`` threads (default 1, see `limit_blas_threads`)."""
         dt = _check_dtype(dtype)
         rng = _check_generator(rng)
         n = _check_count(n)
@@ -719,20 +798,21 @@ class PatchGaussian(WindowImputer):
         self._means_into(x, rows, cols, means)
         trmm = blas.get_blas_funcs("trmm", dtype=dt)
         _, height, width = x.shape
-        for case, idx in self._groups(rows, cols, height, width):
-            chol = self._factors(case, dt)[2]
-            if idx is None:  # one clipping case for all windows: transform z in place
-                for a in range(0, rows.size, _CHUNK_WINDOWS):
-                    block = z[a : a + _CHUNK_WINDOWS]
+        with limit_blas_threads(self.blas_threads):
+            for case, idx in self._groups(rows, cols, height, width):
+                chol = self._factors(case, dt)[2]
+                if idx is None:  # one clipping case for all windows: transform z in place
+                    for a in range(0, rows.size, _CHUNK_WINDOWS):
+                        block = z[a : a + _CHUNK_WINDOWS]
+                        _lower_times_inplace(trmm, chol, block)
+                        block += means[a : a + _CHUNK_WINDOWS, None, :]
+                    continue
+                for a in range(0, idx.size, _CHUNK_WINDOWS):
+                    part = idx[a : a + _CHUNK_WINDOWS]
+                    block = z[part]  # a contiguous copy
                     _lower_times_inplace(trmm, chol, block)
-                    block += means[a : a + _CHUNK_WINDOWS, None, :]
-                continue
-            for a in range(0, idx.size, _CHUNK_WINDOWS):
-                part = idx[a : a + _CHUNK_WINDOWS]
-                block = z[part]  # a contiguous copy
-                _lower_times_inplace(trmm, chol, block)
-                block += means[part, None, :]
-                z[part] = block
+                    block += means[part, None, :]
+                    z[part] = block
         return z.reshape(rows.size, n, self.channels, self.k, self.k)
 
 

@@ -4,6 +4,17 @@ Weights go through a .caffemodel file in both directions (torch writes, caffe re
 reads), then both backends see a batch of 4 real photos (scikit-image's astronaut, chelsea, coffee,
 rocket): probabilities agree within 1e-5 absolute, logits and input gradients within 1e-4 / 1e-3
 relative to their largest magnitude.
+
+Gradients at non-differentiable points: the gradient of a max goes to the window's first maximum, a
+ReLU passes it where its input is positive. Two float32 implementations round differently (Caffe's
+im2col+GEMM vs torch's convolution: ~1e-6 relative), so in the few max-pooling windows whose two
+largest values are that close (flat photo regions, or chance among the millions of windows of
+VGG/GoogLeNet) and the few ReLU inputs that close to 0, Caffe and torch take different branches, and
+the input gradient then differs locally by a lot (caffe_quirks 15). That is rounding, not semantics;
+so the gradient test (1) checks that the inputs of every MAX pooling and ReLU agree to 1e-4 and that the
+branches differ in fewer than 1e-3 of the windows / 1e-4 of the units (a semantic error -- window
+offsets, tie rule, padding -- would make them differ everywhere), and (2) compares the gradients with
+torch taking Caffe's branches.
 """
 
 from __future__ import annotations
@@ -11,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import skimage.data
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
 from pda_repro import proto, zoo
@@ -79,6 +92,66 @@ def assert_close_relative(a: np.ndarray, b: np.ndarray, rel: float, what: str) -
     assert err <= rel * scale, f"{what}: max |difference| {err:.3g} > {rel} x max |value| {scale:.3g}"
 
 
+def _pool_windows(bottom: np.ndarray, layer, shape) -> np.ndarray:
+    """N×C×oh×ow×(kh*kw) view of a MAX pooling layer's windows (padding as -inf, Caffe's geometry)."""
+    g = proto.pool_geometry(layer, shape)
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = g["kernel"], g["stride"], g["pad"], g["out"]
+    n, c, h, w = bottom.shape
+    padded = np.full((n, c, max((oh - 1) * sh + kh, h + ph), max((ow - 1) * sw + kw, w + pw)), -np.inf, np.float32)
+    padded[:, :, ph : ph + h, pw : pw + w] = bottom
+    view = sliding_window_view(padded, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :oh, :ow]
+    return view.reshape(*view.shape[:4], kh * kw)
+
+
+def route_torch_like_caffe(caffe_net, torch_net, x: np.ndarray) -> tuple[int, int]:
+    """Make torch take the same branch as Caffe at every non-differentiable point for input x: MAX
+    pooling picks Caffe's first maxima, ReLU passes where Caffe's input is positive. Returns how many
+    windows / ReLU units had gone the other way, after checking that the inputs of those layers agree
+    to rounding and that such units are rare (see the module docstring)."""
+    net = torch_net.net_param
+    shapes = proto.infer_shapes(net, batch=x.shape[0])
+    pools = [layer for layer in net.layer if layer.type == "Pooling" and layer.pooling_param.pool == 0]
+    relus = [layer for layer in net.layer if layer.type == "ReLU" and not layer.relu_param.negative_slope]
+    relu_input = {}  # the ReLU's bottom as its producer left it ("conv1@conv1"), before the in-place ReLU
+    for i, layer in enumerate(net.layer):
+        if layer in relus:
+            producer = [p for p in net.layer[:i] if layer.bottom[0] in p.top][-1]
+            relu_input[layer.name] = f"{layer.bottom[0]}@{producer.name}"
+    names = sorted({layer.bottom[0] for layer in pools} | set(relu_input.values()))
+    ours, theirs = torch_net.blobs(x, names), caffe_net.blobs(x, names)
+    for name in names:
+        assert_close_relative(ours[name], theirs[name], 1e-4, name)
+    pool_flips = relu_flips = 0
+    for layer in pools:
+        bottom = layer.bottom[0]
+        caffe_windows = _pool_windows(theirs[bottom], layer, shapes.blobs[bottom])
+        caffe_pick = caffe_windows.argmax(axis=-1)  # np.argmax: first maximum, as Caffe's strict ">"
+        differs = caffe_pick != _pool_windows(ours[bottom], layer, shapes.blobs[bottom]).argmax(axis=-1)
+        # the inputs agree to rounding (above), so a differing pick is a near-tie; a semantic error (window
+        # offsets, tie rule, padding) would make the picks differ in a large share of the windows
+        assert differs.mean() < 1e-3, f"{layer.name}: maxima differ in {differs.sum()} of {differs.size} windows"
+        pool_flips += int(differs.sum())
+        g = proto.pool_geometry(layer, shapes.blobs[bottom])
+        (kh, kw), (sh, sw), (ph, pw), (oh, ow) = g["kernel"], g["stride"], g["pad"], g["out"]
+        width = shapes.blobs[bottom][3]
+        rows = np.arange(oh)[:, None] * sh - ph + caffe_pick // kw
+        cols = np.arange(ow)[None, :] * sw - pw + caffe_pick % kw
+        index = torch.from_numpy(rows * width + cols).reshape(x.shape[0], -1, oh * ow)
+
+        def gathered(value, *_, index=index, out=(oh, ow)):
+            return value.flatten(2).gather(2, index).reshape(*value.shape[:2], *out)
+
+        torch_net.model.by_name[layer.name].method = gathered
+    for layer in relus:
+        caffe_input = theirs[relu_input[layer.name]]
+        differs = (caffe_input > 0) != (ours[relu_input[layer.name]] > 0)
+        assert differs.mean() < 1e-4, f"{layer.name}: signs differ in {differs.sum()} of {differs.size} units"
+        relu_flips += int(differs.sum())
+        mask = torch.from_numpy(caffe_input > 0)
+        torch_net.model.by_name[layer.name].forward = lambda value, mask=mask: [torch.where(mask, value, 0.0)]
+    return pool_flips, relu_flips
+
+
 @pytest.mark.caffe
 @pytest.mark.parametrize("name", MODELS)
 def test_backends_agree_on_real_photos(name, rng, tmp_path):
@@ -88,6 +161,7 @@ def test_backends_agree_on_real_photos(name, rng, tmp_path):
     weights = lively_weights(name, x, rng)
     torch_writer = load_backend(name, "torch", weights=weights, batch=4)
     torch_writer.save_weights(tmp_path / "from_torch.caffemodel")
+    del torch_writer
     caffe_net = load_backend(name, "caffe", weights=tmp_path / "from_torch.caffemodel", batch=4)
     caffe_net.save_weights(tmp_path / "from_caffe.caffemodel")
     torch_net = load_backend(name, "torch", weights=tmp_path / "from_caffe.caffemodel", batch=4)
@@ -100,12 +174,15 @@ def test_backends_agree_on_real_photos(name, rng, tmp_path):
     assert logits_c.std(axis=0).mean() > 0.3, "logits hardly depend on the photo: weak comparison"
     np.testing.assert_allclose(probs_t, probs_c, rtol=0, atol=1e-5)
     assert_close_relative(logits_t, logits_c, 1e-4, f"{name} logits")
-    top = probs_c.argmax(axis=1)
-    assert len(set(top.tolist())) > 1 or name == "mnist", "all photos get one class: weak comparison"
+    # per photo, the class most specific to it (a random net may rank one class first for every photo)
+    top = (logits_c - logits_c.mean(axis=0)).argmax(axis=1)
+    pool_flips, relu_flips = route_torch_like_caffe(caffe_net, torch_net, x)
+    print(f"{name}: {pool_flips} max-pooling windows and {relu_flips} ReLU units went the other way in torch")
     for output in ("prob", "logit"):
         grad_c = caffe_net.input_gradient(x, top, output=output)
         grad_t = torch_net.input_gradient(x, top, output=output)
-        assert_close_relative(grad_t, grad_c, 1e-3, f"{name} d{output}/dx")
+        for n in range(len(x)):
+            assert_close_relative(grad_t[n], grad_c[n], 1e-3, f"{name} photo {n} d{output}/dx")
 
 
 @pytest.mark.caffe
@@ -151,9 +228,9 @@ layer { name: "sig" type: "Sigmoid" bottom: "lrn_a" top: "sig" }
 layer { name: "gap" type: "Pooling" bottom: "sig" top: "gap" pooling_param { pool: AVE global_pooling: true } }
 layer { name: "flat" type: "Flatten" bottom: "sig" top: "flat" }
 layer { name: "ip1" type: "InnerProduct" bottom: "flat" top: "ip1" inner_product_param { num_output: 8 transpose: true } }
-layer { name: "tanh" type: "TanH" bottom: "ip1" top: "ip1" }
-layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" dropout_param { dropout_ratio: 0.5 } }
 layer { name: "leaky" type: "ReLU" bottom: "ip1" top: "ip1" relu_param { negative_slope: 0.2 } }
+layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" dropout_param { dropout_ratio: 0.5 } }
+layer { name: "tanh" type: "TanH" bottom: "ip1" top: "ip1" }
 layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2" inner_product_param { num_output: 5 } }
 layer { name: "prob" type: "Softmax" bottom: "ip2" top: "prob" }
 """
@@ -161,7 +238,9 @@ layer { name: "prob" type: "Softmax" bottom: "ip2" top: "prob" }
 
 @pytest.mark.caffe
 def test_every_supported_layer_type_agrees_with_caffe(rng, tmp_path):
-    """One tiny net using every layer type the torch backend supports (and the quirky geometries)."""
+    """One tiny net using every layer type the torch backend supports (and the quirky geometries).
+
+    The in-place chain ip1 -> leaky -> drop -> tanh ends with the TanH on purpose: see caffe_quirks 14."""
     require_caffe()
     path = tmp_path / "sink.prototxt"
     path.write_text(KITCHEN_SINK)

@@ -24,8 +24,15 @@ CLI = [sys.executable, "-m", "pda_repro.cli"]
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: object, timeout: float = 180) -> subprocess.CompletedProcess:
+def cli_env() -> dict[str, str]:
+    """The test's environment, one torch thread per CLI process (tiny batches on a shared 2-core box)."""
     env = {k: v for k, v in os.environ.items() if k != "PDA_REPRO_DEBUG"}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def run_cli(*args: object, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = cli_env()
     return subprocess.run(
         [*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env
     )
@@ -125,13 +132,13 @@ def test_default_model_on_a_bundled_photo(work):
 
     photo = photo_paths()["chelsea"]
     cache, out = work / "photo-cache", work / "out-photo"
-    common = ["--window", "16", "--outer", "18", "--stride", "64", "--no-progress", "--sampler-cache", cache, "--out", out]
+    common = ["--window", "16", "--outer", "18", "--stride", "96", "--no-progress", "--sampler-cache", cache, "--out", out]
     proc = run_cli("explain", photo, *common)
     assert proc.returncode == 0, proc.stderr
     top1 = predicted_top1("efficientnet_lite0", photo)
     summary = check_outputs(out, "chelsea", (1, 224, 224), top1, "epda")
     assert summary["model"] == "efficientnet_lite0" and summary["sampler"]["images"].startswith("photos:")
-    assert summary["windows_evaluated"] == 16  # rows/cols 0, 64, 128, 192
+    assert summary["windows_evaluated"] == 9  # rows/cols 0, 96, 192
     (fitted,) = list(cache.iterdir())
     stamp = fitted.stat().st_mtime_ns
 
@@ -203,14 +210,14 @@ def test_bad_arguments_give_one_line_and_exit_2(work, digit_png, wrong_weights, 
 def test_interrupt_then_rerun_resumes_to_the_same_maps(work, digit_png, mnist_args):
     """Ctrl-C (SIGINT) after the first checkpoint: exit 130 and a resume hint; the rerun finishes from the
     checkpoint and its maps equal an uninterrupted run's exactly."""
-    slow = [*mnist_args, "--method", "pda", "--batch", "2", "--checkpoint-seconds", "0.05"]
+    slow = [*mnist_args, "--method", "pda", "--batch", "1", "--checkpoint-seconds", "0.05"]  # 676 forward calls
     reference = work / "out-reference"
     proc = run_cli("explain", digit_png, *slow, "--out", reference)
     assert proc.returncode == 0, proc.stderr
 
     out = work / "out-resumed"
     ckpt_dir = out / ".checkpoints"
-    env = {k: v for k, v in os.environ.items() if k != "PDA_REPRO_DEBUG"}
+    env = cli_env()
     cmd = [*CLI, "explain", str(digit_png), *map(str, slow), "--out", str(out)]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     deadline = time.monotonic() + 120
@@ -239,14 +246,16 @@ def test_interrupt_then_rerun_resumes_to_the_same_maps(work, digit_png, mnist_ar
 
 
 def test_rerun_skips_up_to_date_and_force_recomputes(work, digit_png, mnist_args):
-    out = work / "out-skip"
+    out = work / "out-saliency"  # written by test_every_method_on_a_real_digit[saliency] when it ran first
     args = ["explain", digit_png, *mnist_args, "--method", "saliency", "--out", out]
-    assert run_cli(*args).returncode == 0
+    if not (out / "digit.json").exists():
+        assert run_cli(*args).returncode == 0
     stamp = (out / "digit.npz").stat().st_mtime_ns
     proc = run_cli(*args)
     assert proc.returncode == 0 and "up to date" in proc.stderr
     assert (out / "digit.npz").stat().st_mtime_ns == stamp
-    assert run_cli(*args, "--force").returncode == 0
+    proc = run_cli(*args, "--force")
+    assert proc.returncode == 0 and "up to date" not in proc.stderr
     assert (out / "digit.npz").stat().st_mtime_ns != stamp
 
 

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
-from pda_repro.sampling import ConstantFill, MarginalSampler, PatchGaussian, window_starts
+from pda_repro.sampling import (
+    ConstantFill,
+    MarginalSampler,
+    PatchGaussian,
+    blas_thread_counts,
+    limit_blas_threads,
+    window_starts,
+)
 from tests.reference.sampling_ref import ReferenceSampler, brute_force_conditional
 
 
@@ -384,3 +393,29 @@ def test_every_sampler_follows_the_window_loop_contract(rng):
         )
         with pytest.raises(ValueError, match=r"2 channels"):
             sampler.check(x[:2])
+
+
+def test_limit_blas_threads_sets_and_restores_openblas_threads(rng):
+    before = blas_thread_counts()
+    if sys.platform.startswith("linux"):
+        assert len(before) >= 1  # numpy's bundled OpenBLAS at least
+    with limit_blas_threads(1) as limited:
+        assert limited == len(before)
+        assert blas_thread_counts() == [1] * len(before)
+        with limit_blas_threads(None):
+            assert blas_thread_counts() == [1] * len(before)
+    assert blas_thread_counts() == before
+    with pytest.raises(ValueError, match=r"positive integer or None, got 0"):
+        with limit_blas_threads(0):
+            pass
+    mean, cov, _ = random_patch_gaussian(rng, 1, 2, 4)
+    with pytest.raises(ValueError, match=r"blas_threads must be a positive integer, got -2"):
+        PatchGaussian(mean, cov, 2, 4, 1, blas_threads=-2)
+    # the thread setting does not change results
+    x = rng.normal(size=(1, 8, 8))
+    unlimited = PatchGaussian(mean, cov, 2, 4, 1, blas_threads=None)
+    np.testing.assert_allclose(
+        unlimited.conditional_means(x, dtype=np.float64),
+        PatchGaussian(mean, cov, 2, 4, 1).conditional_means(x, dtype=np.float64),
+        atol=1e-12,
+    )

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from pda_repro.bench.common import BenchContext
-from pda_repro.bench.inputs import distinct_images, is_mnist_like, model_sampler, timing_image
+from pda_repro.bench.inputs import distinct_images, is_mnist_like, timing_image
 from pda_repro.bench.plan import Cell, CellSkipped
 
 # Layers whose outputs (before the ReLU that follows, where one does) Figs 9/10 show. Caffe's ReLUs run
@@ -149,7 +149,7 @@ def run_fig9_10(ctx: BenchContext, model: str, backend_name: str) -> tuple[list[
     setting = setting_for(spec, ctx.profile)
     layers = fc_layers(model, net)
     image, image_name = timing_image(ctx, model)
-    sampler = model_sampler(ctx, model, setting.window, setting.outer)
+    sampler, _ = ctx.sampler(model, setting.window, setting.outer)
     rng = ctx.rng("fig9_10", model)
     patches = sampler.sample_at(image, np.array([0]), np.array([0]), setting.fig9_samples, rng)[0]
     batch = fill_window(image, patches, 0, 0)
@@ -235,7 +235,7 @@ def run_fig11(ctx: BenchContext, model: str, backend_name: str) -> tuple[list[di
     spec = ctx.spec(model)
     setting = setting_for(spec, ctx.profile)
     images, source = distinct_images(ctx, model, setting.n_images)
-    sampler = model_sampler(ctx, model, setting.window, setting.outer)
+    sampler, _ = ctx.sampler(model, setting.window, setting.outer)
     row, col = center_window(tuple(spec.input_shape), setting.window)
     _, weights = ctx.weights_for(model)
     rows = []
@@ -299,7 +299,7 @@ def run_fig16(ctx: BenchContext, model: str, backend_name: str) -> tuple[list[di
     spec = ctx.spec(model)
     setting = setting_for(spec, ctx.profile)
     image, image_name = timing_image(ctx, model)
-    sampler = model_sampler(ctx, model, setting.window, setting.outer)
+    sampler, _ = ctx.sampler(model, setting.window, setting.outer)
     row, col = center_window(tuple(spec.input_shape), setting.window)
     c, p_epda, curves = pda_convergence(
         net, sampler, image, row, col, setting.s_max, setting.repeats, ctx.batch, ctx.rng("fig16", model)

@@ -73,6 +73,7 @@ class BenchContext:
     progress: Progress | None = None
     show_inner_progress: bool = False
     _backends: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
+    _samplers: dict[tuple[Any, ...], tuple[Any, dict]] = field(default_factory=dict, repr=False)
     _machine: dict[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -144,10 +145,35 @@ class BenchContext:
             )
         return self._backends[key]
 
+    def sampler(
+        self, model: str, window: int, outer: int, image_hw: tuple[int, int] | None = None
+    ) -> tuple[Any, float]:
+        """(conditional sampler for the model's inputs, seconds its set-up took), built once per run: fitted
+        (or read from the sampler's disk cache) and, with ``image_hw``, every clipping case of an image of
+        that size factorised in advance — the paper: "these distribution parameters can be computed in
+        advance". Without ``image_hw`` cases are factorised on first use."""
+        import time
+
+        key = (model, window, outer)
+        if key not in self._samplers:
+            from pda_repro.bench.inputs import model_sampler
+
+            self._samplers[key] = (model_sampler(self, model, window, outer), {})
+        sampler, setups = self._samplers[key]
+        if image_hw is None:
+            return sampler, 0.0
+        if image_hw not in setups:
+            t0 = time.perf_counter()
+            sampler.precompute(*image_hw)
+            setups[image_hw] = time.perf_counter() - t0
+        return sampler, setups[image_hw]
+
     def release(self, model: str | None = None) -> None:
-        """Drop loaded backends (of one model, or all) and collect their memory."""
+        """Drop loaded backends and samplers (of one model, or all) and collect their memory."""
         for key in [k for k in self._backends if model is None or k[0] == model]:
             del self._backends[key]
+        for key in [k for k in self._samplers if model is None or k[0] == model]:
+            del self._samplers[key]
         gc.collect()
         if self.device == "cuda":
             with contextlib.suppress(Exception):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pda_repro.bench.common import BenchContext
-from pda_repro.bench.inputs import model_sampler, timing_image
+from pda_repro.bench.inputs import timing_image
 from pda_repro.bench.plan import Cell, CellSkipped
 
 WINDOW, OUTER, SAMPLES, STRIDE = 10, 18, 10, 1
@@ -136,11 +136,8 @@ def time_explanation(
     except (ImportError, RuntimeError, NotImplementedError) as exc:
         raise CellSkipped(f"{backend_name} backend unavailable on {ctx.device}: {exc}") from exc
     image, image_name = timing_image(ctx, model)
-    sampler = model_sampler(ctx, model, window, outer)
     _, h, w = image.shape
-    t0 = time.perf_counter()
-    sampler.precompute(h, w)
-    setup = time.perf_counter() - t0
+    sampler, setup = ctx.sampler(model, window, outer, (h, w))
     windows_total = ((h - window) // STRIDE + 1) * ((w - window) // STRIDE + 1)
     if subset is not None and subset >= windows_total:
         subset = None

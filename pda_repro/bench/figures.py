@@ -44,6 +44,7 @@ __all__ = ["render_all", "write_readme"]
 @dataclass
 class Rendered:
     figures: list[Path] = field(default_factory=list)
+    qualitative: list[Path] = field(default_factory=list)
     readme: Path | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -439,9 +440,23 @@ def render_all(results_dir: str | Path = RESULTS_DIR, readme: bool = True) -> Re
                 path = plot(frame, env_dir, model, out)
                 if path is not None:
                     done.figures.append(path)
+    done.qualitative = _render_qualitative(root, done.notes)
     if readme:
-        done.readme = write_readme(root, done.figures)
+        done.readme = write_readme(root, done.figures, done.qualitative, done.notes)
     return done
+
+
+def _render_qualitative(root: Path, notes: list[str]) -> list[Path]:
+    """The qualitative figures (Figs 13-15, 18, 19; pda_repro.bench.qualitative) from results/qualitative/."""
+    try:
+        from pda_repro.bench.qualitative import render_qualitative
+    except ImportError:
+        return []
+    try:
+        return list(render_qualitative(root, notes=notes))
+    except Exception as exc:  # noqa: BLE001 - one broken figure set must not stop the benchmark figures
+        notes.append(f"qualitative figures failed: {type(exc).__name__}: {exc}")
+        return []
 
 
 # --- README ---------------------------------------------------------------------------------------------
@@ -717,7 +732,12 @@ def _approx_section(env_dir: Path) -> list[str]:
     return lines
 
 
-def write_readme(results_dir: str | Path = RESULTS_DIR, figures: Sequence[Path] = ()) -> Path:
+def write_readme(
+    results_dir: str | Path = RESULTS_DIR,
+    figures: Sequence[Path] = (),
+    qualitative: Sequence[Path] = (),
+    notes: Sequence[str] = (),
+) -> Path:
     """results/README.md: per env, our numbers beside the paper's, each with its setting, and the figures."""
     root = Path(results_dir)
     parts = [
@@ -767,4 +787,18 @@ def write_readme(results_dir: str | Path = RESULTS_DIR, figures: Sequence[Path] 
             parts += ["### Figures", ""] + [f"- [{p.name}](figures/{p.name})" for p in mine] + [""]
         data = sorted(p.name for p in env_dir.glob("*.csv"))
         parts += ["Data: " + ", ".join(f"[{d}]({env}/{d})" for d in data), ""]
+    if qualitative:
+        parts += (
+            [
+                "## Qualitative figures (Figs 13, 14, 15, 18, 19 and baselines)",
+                "",
+                "Drawn from results/qualitative/ (maps as .npz, settings in the JSON beside each; see "
+                "`python -m pda_repro.bench.qualitative`).",
+                "",
+            ]
+            + [f"- [{p.name}](figures/{p.name})" for p in sorted(qualitative)]
+            + [""]
+        )
+    if notes:
+        parts += ["## Not drawn", ""] + [f"- {n}" for n in notes] + [""]
     return atomic_write_text(root / "README.md", "\n".join(parts).rstrip() + "\n")

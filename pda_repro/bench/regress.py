@@ -244,7 +244,7 @@ def measure(
     """Measure every ratio of ``config`` on this machine (same run, interleaved where it matters)."""
     from pda_repro.backends import load_backend
     from pda_repro.bench.common import BenchContext
-    from pda_repro.bench.inputs import model_sampler, timing_image
+    from pda_repro.bench.inputs import timing_image
     from pda_repro.bench.results import ResultStore
     from pda_repro.explain import explain
 
@@ -259,8 +259,7 @@ def measure(
     k, outer, s = config["window"], config["outer"], config["samples"]
     for model in config["models"]:
         image, _ = timing_image(ctx, model)
-        sampler = model_sampler(ctx, model, k, outer)
-        sampler.precompute(image.shape[1], image.shape[2])
+        sampler, _ = ctx.sampler(model, k, outer, (image.shape[1], image.shape[2]))
         train_size = int(ctx.spec(model).train_size)
         forward_times: dict[str, list[float]] = {}
         for backend in config["backends"]:

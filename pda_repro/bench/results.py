@@ -467,4 +467,7 @@ def envs(root: str | Path = RESULTS_DIR) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.csv")))
+    skip = {"figures", "qualitative", "checkpoints"}
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and p.name not in skip and any(p.glob("*.csv"))
+    )

@@ -1,0 +1,248 @@
+"""The qualitative-figures pipeline (pda_repro.bench.qualitative) on a tiny setting: the tiny conv net of
+models/tiny/ with seeded weights, two random 2×10×10 images, a patch Gaussian fitted on random images.
+
+Checks: the stored maps are exactly what explain() gives for the same seeded request; a second compute
+recomputes nothing; an interrupted compute keeps what it finished, leaves no half-written file and
+resumes; render reads only the stored data (explain/load_model forbidden) and writes PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pda_repro.bench import qualitative as q
+from pda_repro.explain import explain, load_model
+from pda_repro.methods import WindowGrid
+from pda_repro.sampling import PatchGaussian
+
+TINY = Path(__file__).resolve().parent.parent / "models" / "tiny" / "conv.prototxt"
+N_TRAIN = 1000
+
+
+@pytest.fixture
+def tiny_setup(rng: np.random.Generator) -> q.Setup:
+    images = rng.uniform(0.0, 1.0, size=(2, 2, 10, 10)).astype(np.float32)
+    fit_images = rng.uniform(0.0, 1.0, size=(20, 2, 10, 10)).astype(np.float32)
+    sampler = PatchGaussian.fit(fit_images, 2, 4, n_patches=400, rng=rng)
+    subjects = [
+        q.Subject(
+            f"img{i}", images[i], np.repeat((images[i, 0] * 255).astype(np.uint8)[..., None], 3, axis=2)
+        )
+        for i in range(2)
+    ]
+    runs = {
+        "pda": q.MethodRun("pda", "pda", "PDA", 2, 4, 3, 2, "gauss"),
+        "epda": q.MethodRun("epda", "epda", "efficient PDA", 2, 4, None, 2, "gauss"),
+        "simplified": q.MethodRun("simplified", "simplified", "simplified", 2, 4, None, 1, "gauss"),
+        "saliency": q.MethodRun("saliency", "saliency", "saliency"),
+        "deep_taylor": q.MethodRun(
+            "deep_taylor", "deep_taylor", "deep Taylor", options={"bounds": [0.0, 1.0]}
+        ),
+        "occlusion": q.MethodRun(
+            "occlusion", "occlusion", "occlusion", 2, None, None, 2, None, {"value": 0.5}
+        ),
+        "bad": q.MethodRun("bad", "gradcam", "Grad-CAM (bad blob)", options={"blob": "nope"}, may_fail=True),
+    }
+    image_set = q.ImageSet(
+        name="tiny",
+        model="tiny conv net",
+        weights="seeded random fillers",
+        net=lambda: load_model(TINY, batch=8),
+        subjects=lambda: subjects,
+        class_names=lambda: ["a", "b", "c", "d"],
+        runs=runs,
+        samplers={"gauss": q.SamplerSpec("PatchGaussian k=2 l=4 on random images", lambda: sampler)},
+        batch=8,
+        train_size=N_TRAIN,
+        checkpoints=True,
+        notes={"stride": "stride 2: a test"},
+    )
+    figures = [
+        q.FigureSpec("figA_tiny", "figA", "tiny", "pairs", ("pda", "epda"), "A", "pairs layout"),
+        q.FigureSpec(
+            "figB_tiny",
+            "figB",
+            "tiny",
+            "grid",
+            ("simplified", "saliency", "deep_taylor", "occlusion", "bad"),
+            "B",
+            "grid",
+        ),
+    ]
+    return q.Setup({"tiny": image_set}, figures)
+
+
+def _compute(setup: q.Setup, tmp_path: Path, **kw) -> q.ComputeReport:
+    return q.compute(
+        setup, results_dir=tmp_path, progress=False, checkpoint_dir=tmp_path / "ckpt", log=None, **kw
+    )
+
+
+def _forbid(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    def boom(*args, **kwargs):
+        raise AssertionError("must not be called")
+
+    for name in names:
+        monkeypatch.setattr(q, name, boom)
+
+
+def test_compute_stores_what_explain_gives(tiny_setup: q.Setup, tmp_path: Path) -> None:
+    report = _compute(tiny_setup, tmp_path)
+    assert sorted(report.failed) == ["tiny/img0/bad", "tiny/img1/bad"]
+    assert len(report.computed) == 2 * 6 and not report.skipped
+    net = load_model(TINY, batch=8)
+    sampler = tiny_setup.image_sets["tiny"].samplers["gauss"].build()
+    root = tmp_path / "qualitative" / "tiny"
+    for subject in tiny_setup.image_sets["tiny"].subjects():
+        info = json.loads(str(np.load(root / subject.name / "input.npz")["meta"]))
+        probs, _ = net.forward(subject.x[None])
+        assert info["predicted"] == int(np.argmax(probs[0]))
+        assert info["predicted_prob"] == pytest.approx(float(probs[0].max()), rel=1e-6)
+        stored = np.load(root / subject.name / "pda.npz")["map"]
+        expected = explain(
+            net,
+            subject.x,
+            "pda",
+            window=2,
+            outer=4,
+            samples=3,
+            stride=2,
+            sampler=sampler,
+            classes=[info["predicted"]],
+            rng=q._subject_seed(0, "tiny", subject.name, "pda"),
+            train_size=N_TRAIN,
+            progress=False,
+        ).maps[0]
+        np.testing.assert_array_equal(stored, expected)
+        assert np.abs(stored).max() > 0
+        bad = np.load(root / subject.name / "bad.npz")
+        assert "map" not in bad.files and "nope" in json.loads(str(bad["meta"]))["error"]
+    doc = json.loads((tmp_path / "qualitative" / "figA_tiny.json").read_text())
+    assert doc["complete"] and doc["runs"]["pda"]["stride"] == 2 and doc["notes"]["stride"]
+    assert [s["name"] for s in doc["subjects"]] == ["img0", "img1"]
+    assert not list((tmp_path / "ckpt").rglob("*.ckpt"))  # explain removes finished checkpoints
+
+
+def test_second_compute_recomputes_nothing(
+    tiny_setup: q.Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _compute(tiny_setup, tmp_path)
+    files = sorted((tmp_path / "qualitative" / "tiny").rglob("*.npz"))
+    before = {p: p.read_bytes() for p in files}
+    _forbid(monkeypatch, "explain")
+    report = _compute(tiny_setup, tmp_path)
+    assert not report.computed and not report.failed and len(report.skipped) == 2 * 7
+    assert {p: p.read_bytes() for p in files} == before
+
+
+def test_force_and_changed_settings_recompute(
+    tiny_setup: q.Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _compute(tiny_setup, tmp_path, only=["figA"])
+    image_set = tiny_setup.image_sets["tiny"]
+    image_set.runs["pda"] = q.MethodRun("pda", "pda", "PDA", 2, 4, 4, 2, "gauss")  # S changed: stale
+    report = _compute(tiny_setup, tmp_path, only=["figA"])
+    assert sorted(report.computed) == ["tiny/img0/pda", "tiny/img1/pda"]
+    report = _compute(tiny_setup, tmp_path, only=["figA"], force=True)
+    assert len(report.computed) == 4
+
+
+def test_interrupted_compute_keeps_finished_maps_and_resumes(
+    tiny_setup: q.Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(kwargs["method"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return explain(*args, **kwargs)
+
+    monkeypatch.setattr(q, "explain", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        _compute(tiny_setup, tmp_path, only=["figA"])
+    root = tmp_path / "qualitative"
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.npz")) == [
+        "tiny/img0/epda.npz",
+        "tiny/img0/input.npz",
+        "tiny/img0/pda.npz",
+        "tiny/img1/input.npz",
+    ]
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert not (root / "figA_tiny.json").exists()
+    calls.clear()
+    report = _compute(tiny_setup, tmp_path, only=["figA"])
+    assert calls == ["pda", "epda"] and sorted(report.computed) == ["tiny/img1/epda", "tiny/img1/pda"]
+
+
+def test_failed_write_leaves_no_file(
+    tiny_setup: q.Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pda_repro.bench.results as results
+
+    def no_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(results.os, "replace", no_replace)
+    with pytest.raises(OSError, match="disk full"):
+        _compute(tiny_setup, tmp_path, only=["figA"])
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and "ckpt" not in p.parts]
+
+
+def test_render_reads_only_data(tiny_setup: q.Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _compute(tiny_setup, tmp_path)
+    _forbid(monkeypatch, "explain", "load_model", "compute", "default_setup")
+    notes: list[str] = []
+    paths = q.render_qualitative(tmp_path, notes=notes)
+    assert [p.name for p in paths] == ["figA_tiny.png", "figB_tiny.png"] and not notes
+    for p in paths:
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.size[0] > 500 and im.size[1] > 300
+    (tmp_path / "qualitative" / "tiny" / "img1" / "epda.npz").unlink()
+    notes.clear()
+    assert [p.name for p in q.render_qualitative(tmp_path, notes=notes)] == ["figB_tiny.png"]
+    assert len(notes) == 1 and notes[0].startswith("figA_tiny")
+
+
+def test_unknown_figure_and_missing_weights(tiny_setup: q.Setup, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="figZ"):
+        _compute(tiny_setup, tmp_path, only=["figZ"])
+    tiny_setup.image_sets["tiny"].weights_file = tmp_path / "absent.caffemodel"
+    with pytest.raises(ValueError, match="absent.caffemodel"):
+        _compute(tiny_setup, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "k", "s"), [(10, 10, 2, 2), (224, 224, 10, 10), (11, 9, 3, 4), (28, 28, 4, 1)]
+)
+def test_coverage_mask_matches_window_grid(h: int, w: int, k: int, s: int) -> None:
+    grid = WindowGrid(h, w, k, s)
+    brute = np.zeros((h, w), dtype=bool)
+    for r, c in zip(*grid.corners(), strict=True):
+        brute[r : r + k, c : c + k] = True
+    np.testing.assert_array_equal(q.coverage_mask(h, w, k, s), brute)
+
+
+def test_rotate_and_crop_has_no_empty_corners(rng: np.random.Generator) -> None:
+    photo = rng.integers(100, 256, size=(60, 80, 3), dtype=np.uint8)
+    for angle in (15.0, -15.0, 40.0):
+        out = q.rotate_and_crop(photo, angle, (32, 32), "bicubic")
+        assert out.shape == (32, 32, 3) and out.min() > 40  # no black fill from outside the photo
+    # angle 0: the centred 60×60 square, resized
+    same = q.rotate_and_crop(photo, 0.0, (60, 60), "bicubic")
+    np.testing.assert_array_equal(same, photo[:, 10:70])
+
+
+def test_default_setup_covers_the_figure_keys() -> None:
+    setup = q.default_setup()
+    assert {f.key for f in setup.figures} == set(q.FIGURE_KEYS)
+    for fig in setup.figures:
+        runs = setup.image_sets[fig.image_set].runs
+        assert all(c in runs for c in fig.columns)
+        strides = {runs[c].stride for c in fig.columns if runs[c].stride is not None}
+        assert len(strides) <= 1, f"{fig.name}: one stride per figure"
