@@ -87,7 +87,10 @@ def max_pool(
     import torch.nn.functional as F  # noqa: PLC0415
 
     h, w = x.shape[-2:]
-    right = [_right_padding(s, k, st, p, o) for s, k, st, p, o in zip((h, w), kernel, stride, pad, out, strict=True)]
+    right = [
+        _right_padding(s, k, st, p, o)
+        for s, k, st, p, o in zip((h, w), kernel, stride, pad, out, strict=True)
+    ]
     if any(pad) or any(right):
         x = F.pad(x, (pad[1], right[1], pad[0], right[0]), value=-FLT_MAX)
     y = F.max_pool2d(x, tuple(kernel), tuple(stride))
@@ -102,7 +105,10 @@ def ave_pool(
     import torch.nn.functional as F  # noqa: PLC0415
 
     h, w = x.shape[-2:]
-    right = [_right_padding(s, k, st, p, o) for s, k, st, p, o in zip((h, w), kernel, stride, pad, out, strict=True)]
+    right = [
+        _right_padding(s, k, st, p, o)
+        for s, k, st, p, o in zip((h, w), kernel, stride, pad, out, strict=True)
+    ]
     if any(pad) or any(right):
         x = F.pad(x, (pad[1], right[1], pad[0], right[0]), value=0.0)
     mean = F.avg_pool2d(x, tuple(kernel), tuple(stride))[..., : out[0], : out[1]]
@@ -115,7 +121,9 @@ def ave_pool(
     return mean * torch.as_tensor(correction, dtype=x.dtype, device=x.device)
 
 
-def lrn_across_channels(x: torch.Tensor, local_size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+def lrn_across_channels(
+    x: torch.Tensor, local_size: int, alpha: float, beta: float, k: float
+) -> torch.Tensor:
     """Quirk 4: Caffe LRN ACROSS_CHANNELS (local_size odd)."""
     import torch.nn.functional as F  # noqa: PLC0415
 

@@ -20,6 +20,7 @@ no traceback) and exits 2. Ctrl-C exits 130. Set ``PDA_REPRO_DEBUG=1`` to see tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import glob
 import hashlib
@@ -170,7 +171,9 @@ def _load_plugins() -> None:
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break `explain`
             if _debug():
                 raise
-            _note(f"warning: could not load the commands of {module_name}: {type(exc).__name__}: {_one_line(exc)}")
+            _note(
+                f"warning: could not load the commands of {module_name}: {type(exc).__name__}: {_one_line(exc)}"
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,8 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(str(exc))
         return EXIT_USER_ERROR
     except _Interrupted as exc:
-        where = f" (progress saved in {exc.checkpoint})" if exc.checkpoint and exc.checkpoint.exists() else ""
-        _note(f"interrupted{where}; rerunning the same command resumes")
+        if exc.checkpoint is not None and exc.checkpoint.exists():
+            _note(f"interrupted; progress saved in {exc.checkpoint}; rerunning the same command resumes")
+        else:
+            _note(
+                "interrupted before this image's first checkpoint; rerunning the same command resumes "
+                "(finished images are kept, this one starts again)"
+            )
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         _note("interrupted")
@@ -237,7 +245,8 @@ def _run_models(args: argparse.Namespace) -> int:
     rows = zoo.model_table()
     header = ("model", "parameters", "input (C×H×W)", "weights")
     cells = [header] + [
-        (r.name, f"{r.parameters:,}" if r.parameters is not None else "-", r.input_shape, r.weights) for r in rows
+        (r.name, f"{r.parameters:,}" if r.parameters is not None else "-", r.input_shape, r.weights)
+        for r in rows
     ]
     widths = [max(len(str(c[i])) for c in cells) for i in range(3)]
     for c in cells:
@@ -307,17 +316,29 @@ def _configure_explain(parser: argparse.ArgumentParser) -> None:
         help=f"a zoo model ({', '.join(zoo.names()) or 'see pda-repro models'}) or a path to a deploy .prototxt",
     )
     parser.add_argument(
-        "--weights", default=None, help="a .caffemodel (default: the zoo's trained weights, else seeded random)"
+        "--weights",
+        default=None,
+        help="a .caffemodel (default: the zoo's trained weights, else seeded random)",
     )
     parser.add_argument(
-        "--method", default="epda", type=_method_type, metavar="{" + ",".join(methods) + "}", help="explanation method"
+        "--method",
+        default="epda",
+        type=_method_type,
+        metavar="{" + ",".join(methods) + "}",
+        help="explanation method",
     )
     parser.add_argument("--window", type=_positive_int, default=10, help="window size k (window methods)")
-    parser.add_argument("--outer", type=_positive_int, default=18, help="outer patch size l of the conditional sampler")
-    parser.add_argument("--samples", type=_positive_int, default=10, help="samples S per window (pda, epda_sampled)")
+    parser.add_argument(
+        "--outer", type=_positive_int, default=18, help="outer patch size l of the conditional sampler"
+    )
+    parser.add_argument(
+        "--samples", type=_positive_int, default=10, help="samples S per window (pda, epda_sampled)"
+    )
     parser.add_argument("--stride", type=_positive_int, default=1, help="stride between windows")
     parser.add_argument("--batch", type=_positive_int, default=160, help="images per forward pass")
-    parser.add_argument("--backend", choices=("torch", "caffe"), default="torch", help="backend running the net")
+    parser.add_argument(
+        "--backend", choices=("torch", "caffe"), default="torch", help="backend running the net"
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device")
     parser.add_argument(
         "--class",
@@ -340,9 +361,14 @@ def _configure_explain(parser: argparse.ArgumentParser) -> None:
         help="images the sampler is fitted on (default: the bundled real photos; MNIST training digits "
         "for the mnist model)",
     )
-    parser.add_argument("--n-patches", type=_positive_int, default=20_000, help="patches for fitting the conditional sampler")
     parser.add_argument(
-        "--sampler-cache", default=None, metavar="DIR", help="cache of fitted samplers (default ~/.cache/pda-repro/samplers)"
+        "--n-patches", type=_positive_int, default=20_000, help="patches for fitting the conditional sampler"
+    )
+    parser.add_argument(
+        "--sampler-cache",
+        default=None,
+        metavar="DIR",
+        help="cache of fitted samplers (default ~/.cache/pda-repro/samplers)",
     )
     parser.add_argument(
         "--output",
@@ -374,12 +400,30 @@ def _configure_explain(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "preprocessing (a zoo model knows its own; for a prototxt path these set it, for a zoo model they override it)"
     )
-    group.add_argument("--channel-order", choices=("BGR", "RGB", "GRAY"), default=None, help="default BGR (GRAY for 1 channel)")
-    group.add_argument("--mean", default=None, help="mean pixel on the 0..255 scale, comma separated in channel order (default 104,117,123 / 0)")
-    group.add_argument("--scale", type=float, default=None, help="multiplied after the mean subtraction (default 1)")
-    group.add_argument("--resize", type=int, default=None, help="shorter side before the centre crop (default 256 for 3 channels)")
+    group.add_argument(
+        "--channel-order",
+        choices=("BGR", "RGB", "GRAY"),
+        default=None,
+        help="default BGR (GRAY for 1 channel)",
+    )
+    group.add_argument(
+        "--mean",
+        default=None,
+        help="mean pixel on the 0..255 scale, comma separated in channel order (default 104,117,123 / 0)",
+    )
+    group.add_argument(
+        "--scale", type=float, default=None, help="multiplied after the mean subtraction (default 1)"
+    )
+    group.add_argument(
+        "--resize",
+        type=int,
+        default=None,
+        help="shorter side before the centre crop (default 256 for 3 channels)",
+    )
     group.add_argument("--labels", default=None, help="class names, one per line")
-    group.add_argument("--train-size", type=int, default=None, help="N of the Laplace correction (default 100000)")
+    group.add_argument(
+        "--train-size", type=int, default=None, help="N of the Laplace correction (default 100000)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -429,7 +473,9 @@ def _read_labels(spec: Any, count: int) -> list[str]:
         raise CLIError(f"class-name file {str(path)!r} of model {model} not found")
     names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(names) != count:
-        raise CLIError(f"class-name file {str(path)!r} has {len(names)} names, model {model} has {count} classes")
+        raise CLIError(
+            f"class-name file {str(path)!r} has {len(names)} names, model {model} has {count} classes"
+        )
     return names
 
 
@@ -463,7 +509,9 @@ def _custom_spec(args: argparse.Namespace, prototxt: Path) -> Any:
                 shape = list(layer.input_param.shape[0].dim)
                 break
     if len(shape) != 4:
-        raise CLIError(f"prototxt {str(prototxt)!r} declares no N×C×H×W input (an Input layer or input_shape)")
+        raise CLIError(
+            f"prototxt {str(prototxt)!r} declares no N×C×H×W input (an Input layer or input_shape)"
+        )
     c, h, w = (int(v) for v in shape[1:])
     gray = c == 1
     order = args.channel_order or ("GRAY" if gray else "BGR")
@@ -526,7 +574,6 @@ def _resolve_model(args: argparse.Namespace) -> _Model:
         missing = not Path(spec.prototxt).is_file() or (default is not None and not default.is_file())
         if missing and spec.name == DEFAULT_MODEL:
             _convert_default_model(spec)
-            missing = not Path(spec.prototxt).is_file() or (default is not None and not default.is_file())
         if not Path(spec.prototxt).is_file():
             how = getattr(spec, "extra", {}).get("how_to_get", "run `make setup`")
             raise CLIError(f"model {spec.name}: prototxt {str(spec.prototxt)!r} is missing; {how}")
@@ -561,7 +608,9 @@ def _expand_images(items: Sequence[str]) -> list[tuple[str, Path | None, str | N
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                out.append((item, None, f"directory {item!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})"))
+                out.append(
+                    (item, None, f"directory {item!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+                )
             for p in files:
                 add(item, p)
         elif not path.exists() and _GLOB_CHARS & set(item):
@@ -673,7 +722,9 @@ def _fit_data(args: argparse.Namespace, spec: Any) -> _FitData:
             try:
                 digits, _ = data.mnist("train")
             except Exception as exc:  # noqa: BLE001 - fetching may fail offline: one clear line
-                raise CLIError(f"MNIST training digits unavailable ({_one_line(exc)}); pass --fit-images DIR") from None
+                raise CLIError(
+                    f"MNIST training digits unavailable ({_one_line(exc)}); pass --fit-images DIR"
+                ) from None
             x = (digits[:count].astype(np.float32) - np.float32(spec.mean[0])) * np.float32(spec.scale)
             return x[:, None]
 
@@ -696,7 +747,9 @@ def _build_sampler(args: argparse.Namespace, spec: Any) -> tuple[Any, dict]:
     if choice not in ("conditional", "marginal"):
         path = Path(choice)
         if path.suffix != ".npz" and not path.exists():
-            raise CLIError(f"--sampler must be conditional, marginal or a .npz file, got {choice!r}{_suggest(choice, ['conditional', 'marginal'])}")
+            raise CLIError(
+                f"--sampler must be conditional, marginal or a .npz file, got {choice!r}{_suggest(choice, ['conditional', 'marginal'])}"
+            )
         if not path.is_file():
             raise CLIError(f"sampler file {str(path)!r} not found")
         try:
@@ -715,12 +768,24 @@ def _build_sampler(args: argparse.Namespace, spec: Any) -> tuple[Any, dict]:
         t0 = time.perf_counter()
         images = fit.load()
         sampler = MarginalSampler(images, args.window)
-        return sampler, {"kind": "marginal", "images": fit.description, "count": int(images.shape[0]),
-                         "seconds": round(time.perf_counter() - t0, 3)}
+        return sampler, {
+            "kind": "marginal",
+            "images": fit.description,
+            "count": int(images.shape[0]),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+
+    def load_on_cache_miss() -> np.ndarray:
+        _note(
+            f"fitting the conditional sampler (k={args.window}, l={args.outer}) on {fit.description}; "
+            f"cached for later runs"
+        )
+        return fit.load()
+
     t0 = time.perf_counter()
     try:
         sampler = PatchGaussian.fit_cached(
-            fit.load,
+            load_on_cache_miss,
             args.window,
             args.outer,
             channels=channels,
@@ -744,12 +809,16 @@ def _build_sampler(args: argparse.Namespace, spec: Any) -> tuple[Any, dict]:
 def _check_run_settings(args: argparse.Namespace, spec: Any, uses: frozenset[str], method: str) -> None:
     _, h, w = (int(v) for v in spec.input_shape)
     if "window" in uses and args.window >= min(h, w):
-        raise CLIError(f"--window {args.window} is too large: the model's input is {h}×{w} (the window must be smaller)")
+        raise CLIError(
+            f"--window {args.window} is too large: the model's input is {h}×{w} (the window must be smaller)"
+        )
     if "outer" in uses and "sampler" in uses and args.sampler == "conditional":
         if args.outer <= args.window:
             raise CLIError(f"--outer {args.outer} must be larger than --window {args.window}")
         if (args.outer - args.window) % 2:
-            raise CLIError(f"--outer minus --window must be even (the outer patch is centred), got {args.outer} - {args.window}")
+            raise CLIError(
+                f"--outer minus --window must be even (the outer patch is centred), got {args.outer} - {args.window}"
+            )
         if args.outer > min(h, w):
             raise CLIError(f"--outer {args.outer} is larger than the model's input {h}×{w}")
     if args.checkpoint_seconds <= 0:
@@ -779,6 +848,19 @@ def _method_options(args: argparse.Namespace, method_cls: Any, spec: Any, in_zoo
 # --------------------------------------------------------------------------------------------------
 # `pda-repro explain`: one image
 # --------------------------------------------------------------------------------------------------
+def _wrap_label(text: str, width: int = 34) -> str:
+    """A colour-bar label on at most two lines."""
+    import textwrap
+
+    lines = textwrap.wrap(text, width)
+    return "\n".join(lines[:2]) + ("…" if len(lines) > 2 else "")
+
+
+def _format_prob(p: float) -> str:
+    """0.873 -> '0.873'; tiny probabilities keep their magnitude: 3.2e-05."""
+    return f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.1e}"
+
+
 def _short_name(name: str) -> str:
     return name.split(",")[0].strip()
 
@@ -831,7 +913,9 @@ def _settings(state: _RunState) -> dict[str, Any]:
         "method": a.method,
         **used,
         "method_options": state.method_options,
-        "sampler": {k: v for k, v in state.sampler_info.items() if k != "seconds"} if state.sampler is not None else None,
+        "sampler": {k: v for k, v in state.sampler_info.items() if k != "seconds"}
+        if state.sampler is not None
+        else None,
         "classes": [str(c) for c in a.classes],
         "seed": a.seed,
         "batch": a.batch,
@@ -847,15 +931,23 @@ def _settings(state: _RunState) -> dict[str, Any]:
 
 def _explain_one(state: _RunState, path: Path, stem: str) -> dict[str, Any]:
     from pda_repro.explain import explain
-    from pda_repro.preprocess import load_image
+    from pda_repro.preprocess import ImageReadError, load_image
     from pda_repro.viz import save_explanation_png
 
     a, spec, names = state.args, state.model.spec, state.model.class_names
     started = time.perf_counter()
-    img = load_image(path, spec)
+    if not path.exists():
+        raise ImageReadError(f"image file not found: {str(path)!r}")
+    if not path.is_file():
+        raise ImageReadError(f"expected an image file, got {str(path)!r}")
+    try:
+        digest = _file_digest(path)
+    except OSError as exc:
+        raise ImageReadError(f"cannot read image {str(path)!r}: {exc.strerror or exc}") from None
     settings = _settings(state)
-    digest = _file_digest(path)
-    key = hashlib.sha256(json.dumps({"image": digest, **settings}, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps({"image": digest, **settings}, sort_keys=True, default=_json_default).encode()
+    ).hexdigest()[:16]
     final = [state.out / f"{stem}.npz", state.out / f"{stem}.png", state.out / f"{stem}.json"]
     if not a.force and all(p.is_file() for p in final):
         try:
@@ -865,6 +957,7 @@ def _explain_one(state: _RunState, path: Path, stem: str) -> dict[str, Any]:
         if previous.get("settings_hash") == key:
             return {"skipped": True, "files": final}
 
+    img = load_image(path, spec)
     probs, _ = state.net.forward(img.x[None])
     probs = np.asarray(probs[0], dtype=np.float64)
     classes = _classes_for(state.class_request, probs)
@@ -901,7 +994,8 @@ def _explain_one(state: _RunState, path: Path, stem: str) -> dict[str, Any]:
     def entry(c: int) -> dict[str, Any]:
         return {"index": c, "name": names[c], "prob": float(res_probs[c])}
 
-    titles = [f"{_short_name(names[c])} p={res_probs[c]:.3f}" for c in res_classes]
+    units = str(getattr(result, "params", {}).get("units", "relevance"))
+    titles = [f"{_short_name(names[c])} p={_format_prob(res_probs[c])}" for c in res_classes]
     shown = ", ".join(f"{k}={settings[k]}" for k in ("window", "outer", "samples", "stride") if k in settings)
     suptitle = f"{path.name}: {a.method}{' (' + shown + ')' if shown else ''}, {spec.name}"
     summary = {
@@ -926,7 +1020,7 @@ def _explain_one(state: _RunState, path: Path, stem: str) -> dict[str, Any]:
         "forward_passes": int(getattr(result, "forward_passes", 0)),
         "windows_evaluated": int(getattr(result, "windows_evaluated", 0)),
         "timings": getattr(result, "timings", {}),
-        "units": "weight of evidence in log2 odds" if "window" in state.uses else "method's relevance units",
+        "units": units,
         "files": {"npz": final[0].name, "png": final[1].name},
         "settings_hash": key,
         "pda_repro_version": _version(),
@@ -945,13 +1039,17 @@ def _explain_one(state: _RunState, path: Path, stem: str) -> dict[str, Any]:
                 display=img.display,
                 settings=np.asarray(json.dumps(settings, sort_keys=True, default=_json_default)),
             )
-        save_explanation_png(staged[1], img.display, maps, titles, suptitle=suptitle)
+        save_explanation_png(
+            staged[1], img.display, maps, titles, suptitle=suptitle, colorbar_label=_wrap_label(units)
+        )
         summary["total_seconds"] = round(time.perf_counter() - started, 3)
         staged[2].write_text(json.dumps(summary, indent=2, default=_json_default) + "\n", encoding="utf-8")
         _commit(staged, final)
     except BaseException:
         _discard(staged)
         raise
+    with contextlib.suppress(OSError):
+        checkpoint.parent.rmdir()  # only when empty (no other image's unfinished run)
     return {"skipped": False, "files": final, "summary": summary}
 
 
@@ -1005,8 +1103,11 @@ def _run_explain(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise CLIError(f"backend {args.backend!r} is not available: {_one_line(exc)}") from None
     except user_errors as exc:
-        what = f"cannot use weights {str(model.weights)!r} with {spec.name}" if model.weights else f"cannot load {spec.name}"
-        raise CLIError(f"{what}: {_one_line(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)}") from None
+        weights = f"weights {str(model.weights)!r}" if model.weights else "random weights"
+        what = f"cannot load model {spec.name} with {weights} on {args.backend}/{args.device}"
+        raise CLIError(
+            f"{what}: {_one_line(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)}"
+        ) from None
     if not model.in_zoo:
         from dataclasses import replace
 
@@ -1050,7 +1151,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         best = s["explained"][0] if s["explained"] else s["top5"][0]
         print(
             f"[{i}/{total}] {path} -> {files[0].with_suffix('')}.{{npz,png,json}}: "
-            f"{_short_name(best['name'])} p={best['prob']:.3f}, {s['seconds']:.1f} s, "
+            f"{_short_name(best['name'])} p={_format_prob(best['prob'])}, {s['seconds']:.1f} s, "
             f"{s['params'].get('images_forwarded', s['forward_passes'])} images forwarded",
             flush=True,
         )

@@ -114,9 +114,17 @@ def read_rgb(path: str | Path, background: tuple[int, int, int] = (255, 255, 255
             f"cannot read image {str(path)!r}: not an image format Pillow recognises "
             f"(supported: {', '.join(SUPPORTED_FORMATS)})"
         ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImageReadError(f"cannot read image {str(path)!r}: corrupt or truncated file ({reason})") from None
+        raise ImageReadError(
+            f"cannot read image {str(path)!r}: corrupt or truncated file ({reason})"
+        ) from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageReadError(f"cannot read image {str(path)!r}: decoded to an unusable shape {arr.shape}")
     return arr
@@ -189,7 +197,9 @@ def to_network_input(display: np.ndarray, spec: Any) -> np.ndarray:
         if order == "BGR":
             planes = planes[::-1]
     if planes.shape[0] != channels:
-        raise ValueError(f"channel order {order} gives {planes.shape[0]} channels, the net expects {channels}")
+        raise ValueError(
+            f"channel order {order} gives {planes.shape[0]} channels, the net expects {channels}"
+        )
     mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1)
     if mean.size not in (1, channels):
         raise ValueError(f"spec.mean has {mean.size} values, expected 1 or {channels} (one per channel)")

@@ -254,7 +254,13 @@ def conv_geometry(layer: Any) -> dict[str, tuple[int, int]]:
     """kernel, stride, pad, dilation of a Convolution layer as (h, w) pairs."""
     p = layer.convolution_param
     kernel = _two(
-        layer, p.kernel_size, p.kernel_h, p.kernel_w, p.HasField("kernel_h") or p.HasField("kernel_w"), "kernel", 0
+        layer,
+        p.kernel_size,
+        p.kernel_h,
+        p.kernel_w,
+        p.HasField("kernel_h") or p.HasField("kernel_w"),
+        "kernel",
+        0,
     )
     stride = _two(
         layer, p.stride, p.stride_h, p.stride_w, p.HasField("stride_h") or p.HasField("stride_w"), "stride", 1
@@ -365,7 +371,9 @@ def _shape_pooling(layer: Any, shapes: list[Shape]) -> tuple[list[Shape], list[S
 def _shape_lrn(layer: Any, shapes: list[Shape]) -> tuple[list[Shape], list[Shape]]:
     _require_4d(layer, shapes[0])
     if layer.lrn_param.local_size % 2 != 1:
-        raise ProtoError(f"layer {layer.name!r}: LRN local_size must be odd, got {layer.lrn_param.local_size}")
+        raise ProtoError(
+            f"layer {layer.name!r}: LRN local_size must be odd, got {layer.lrn_param.local_size}"
+        )
     return [shapes[0]], []
 
 
@@ -386,7 +394,9 @@ def _shape_concat(layer: Any, shapes: list[Shape]) -> tuple[list[Shape], list[Sh
     ndim = len(shapes[0])
     axis = _axis(layer, p.concat_dim if p.HasField("concat_dim") else p.axis, ndim)
     for shape in shapes[1:]:
-        if len(shape) != ndim or any(a != b for i, (a, b) in enumerate(zip(shape, shapes[0])) if i != axis):
+        if len(shape) != ndim or any(
+            a != b for i, (a, b) in enumerate(zip(shape, shapes[0], strict=True)) if i != axis
+        ):
             raise ProtoError(
                 f"layer {layer.name!r}: bottoms {shapes} differ outside the concatenation axis {axis}"
             )
@@ -412,7 +422,9 @@ def _shape_scale(layer: Any, shapes: list[Shape]) -> tuple[list[Shape], list[Sha
         scale_shape = shapes[1]
         axis = _axis(layer, p.axis, len(x))
         if tuple(x[axis : axis + len(scale_shape)]) != tuple(scale_shape):
-            raise ProtoError(f"layer {layer.name!r}: scale blob {scale_shape} does not match {x} at axis {axis}")
+            raise ProtoError(
+                f"layer {layer.name!r}: scale blob {scale_shape} does not match {x} at axis {axis}"
+            )
         params: list[Shape] = []
     else:
         axis = _axis(layer, p.axis, len(x)) if len(x) else 0
@@ -501,8 +513,9 @@ def infer_shapes(net: Any, batch: int | None = None) -> NetShapes:
         (low, high), shape_fn = LAYER_SHAPES[layer.type]
         if not low <= len(layer.bottom) <= high:
             raise ProtoError(
-                f"layer {layer.name!r} ({layer.type}) has {len(layer.bottom)} bottoms; expected "
-                f"{low}..{high}" if high < 10_000 else f"at least {low}"
+                f"layer {layer.name!r} ({layer.type}) has {len(layer.bottom)} bottoms; expected {low}..{high}"
+                if high < 10_000
+                else f"at least {low}"
             )
         if layer.type != "Input" and len(layer.top) < 1:
             raise ProtoError(f"layer {layer.name!r} ({layer.type}) has no top")
@@ -510,11 +523,15 @@ def infer_shapes(net: Any, batch: int | None = None) -> NetShapes:
             raise ProtoError(f"layer {layer.name!r} ({layer.type}) has {len(layer.top)} tops; expected 1")
         for bottom in layer.bottom:
             if bottom not in result.blobs:
-                raise ProtoError(f"layer {layer.name!r} ({layer.type}) reads blob {bottom!r}, which no earlier layer produces")
+                raise ProtoError(
+                    f"layer {layer.name!r} ({layer.type}) reads blob {bottom!r}, which no earlier layer produces"
+                )
         for i, top in enumerate(layer.top):
             in_place = i < len(layer.bottom) and layer.bottom[i] == top
             if top in result.blobs and not in_place:
-                raise ProtoError(f"layer {layer.name!r} writes blob {top!r}, which already exists (not in place)")
+                raise ProtoError(
+                    f"layer {layer.name!r} writes blob {top!r}, which already exists (not in place)"
+                )
         bottoms = [result.blobs[b] for b in layer.bottom]
         tops, params = shape_fn(layer, bottoms)
         if layer.type == "Input" and batch is not None:
@@ -553,7 +570,7 @@ def net_io(net: Any, shapes: NetShapes | None = None) -> NetIO:
     shapes = shapes or infer_shapes(net)
     if len(shapes.inputs) != 1:
         raise ProtoError(f"the net must have exactly one input blob, found {list(shapes.inputs)}")
-    (input_blob, input_shape), = shapes.inputs.items()
+    ((input_blob, input_shape),) = shapes.inputs.items()
     if len(input_shape) != 4:
         raise ProtoError(f"input blob {input_blob!r} must be N×C×H×W, got shape {input_shape}")
     softmax = [layer for layer in net.layer if layer.type == "Softmax"]

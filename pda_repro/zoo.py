@@ -108,7 +108,11 @@ def _ilsvrc(name: str, size: int, description: str, official: str) -> ModelSpec:
 
 
 register(_ilsvrc("alexnet", 227, "bvlc_alexnet (Krizhevsky et al. 2012)", "bvlc_alexnet.caffemodel"))
-register(_ilsvrc("vgg16", 224, "VGG_ILSVRC_16_layers (Simonyan & Zisserman 2014)", "VGG_ILSVRC_16_layers.caffemodel"))
+register(
+    _ilsvrc(
+        "vgg16", 224, "VGG_ILSVRC_16_layers (Simonyan & Zisserman 2014)", "VGG_ILSVRC_16_layers.caffemodel"
+    )
+)
 register(_ilsvrc("googlenet", 224, "bvlc_googlenet (Szegedy et al. 2014)", "bvlc_googlenet.caffemodel"))
 register(
     ModelSpec(

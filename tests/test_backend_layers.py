@@ -38,12 +38,19 @@ def _set(net: CaffeNet, layer: str, *arrays: np.ndarray) -> None:
 
 # -- pooling ----------------------------------------------------------------------------------------
 def test_pooled_size_matches_caffe_everywhere():
-    for size, kernel, stride, ceil_mode in itertools.product(range(1, 13), range(1, 6), range(1, 5), (True, False)):
+    for size, kernel, stride, ceil_mode in itertools.product(
+        range(1, 13), range(1, 6), range(1, 5), (True, False)
+    ):
         for pad in range(kernel):
             if size + 2 * pad < kernel:
                 continue
             expected = caffe_ref.pooled_size(size, kernel, stride, pad, ceil_mode)
-            assert caffe_quirks.pooled_size(size, kernel, stride, pad, ceil_mode) == expected, (size, kernel, stride, pad)
+            assert caffe_quirks.pooled_size(size, kernel, stride, pad, ceil_mode) == expected, (
+                size,
+                kernel,
+                stride,
+                pad,
+            )
 
 
 POOL_CASES = [
@@ -89,7 +96,9 @@ def test_global_average_pooling(rng):
 
 
 # -- LRN ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("size", "alpha", "beta", "k"), [(5, 1e-4, 0.75, 1.0), (3, 0.5, 0.6, 2.0), (1, 2.0, 1.0, 1.0)])
+@pytest.mark.parametrize(
+    ("size", "alpha", "beta", "k"), [(5, 1e-4, 0.75, 1.0), (3, 0.5, 0.6, 2.0), (1, 2.0, 1.0, 1.0)]
+)
 def test_lrn_across_channels(rng, size, alpha, beta, k):
     x = 30.0 * rng.standard_normal((2, 7, 3, 4))
     body = (
@@ -97,7 +106,9 @@ def test_lrn_across_channels(rng, size, alpha, beta, k):
         f"lrn_param {{ local_size: {size} alpha: {alpha} beta: {beta} k: {k} }} }}"
     )
     got = _run(_net(body, x.shape), x, "norm")
-    np.testing.assert_allclose(got, caffe_ref.lrn_across_channels(x, size, f32(alpha), f32(beta), f32(k)), rtol=1e-12)
+    np.testing.assert_allclose(
+        got, caffe_ref.lrn_across_channels(x, size, f32(alpha), f32(beta), f32(k)), rtol=1e-12
+    )
 
 
 def test_lrn_alpha_is_divided_by_local_size():
@@ -234,7 +245,9 @@ def test_relu_variants_values_and_gradients():
     (grad,) = torch.autograd.grad(y.sum(), x)
     # Caffe: ((x > 0) + slope * (x <= 0)) * (x < threshold)
     np.testing.assert_allclose(grad.numpy(), [0.1, 0.1, 1.0, 0.0, 0.0])
-    leaky = _net('layer { name: "r" type: "ReLU" bottom: "data" top: "r" relu_param { negative_slope: 0.25 } }', (5,))
+    leaky = _net(
+        'layer { name: "r" type: "ReLU" bottom: "data" top: "r" relu_param { negative_slope: 0.25 } }', (5,)
+    )
     (grad,) = torch.autograd.grad(leaky.run(x, ["r"])["r"].sum(), x)
     np.testing.assert_allclose(grad.numpy(), [0.25, 0.25, 1.0, 1.0, 1.0])
 
@@ -311,7 +324,9 @@ def test_batches_are_split_and_results_do_not_depend_on_the_split(rng, monkeypat
     x = rng.standard_normal((10, 3, 1, 1)).astype(np.float32)
     sizes = []
     original = split.model.run
-    monkeypatch.setattr(split.model, "run", lambda chunk, names: sizes.append(chunk.shape[0]) or original(chunk, names))
+    monkeypatch.setattr(
+        split.model, "run", lambda chunk, names: sizes.append(chunk.shape[0]) or original(chunk, names)
+    )
     np.testing.assert_array_equal(split.forward(x)[0], whole.forward(x)[0])
     assert sizes == [4, 4, 2]
     np.testing.assert_array_equal(split.input_gradient(x, 2), whole.input_gradient(x, 2))
@@ -325,7 +340,8 @@ def test_unknown_layer_type_names_layer_and_type():
 
 def test_caffe_checks_are_reported_not_crashed():
     bad_lrn = IDENTITY_NET.replace(
-        'layer { name: "relu"', 'layer { name: "n" type: "LRN" bottom: "data" top: "n" lrn_param { local_size: 4 } }\nlayer { name: "relu"'
+        'layer { name: "relu"',
+        'layer { name: "n" type: "LRN" bottom: "data" top: "n" lrn_param { local_size: 4 } }\nlayer { name: "relu"',
     )
     with pytest.raises(proto.ProtoError, match="layer 'n': LRN local_size must be odd"):
         TorchBackend(proto.parse_prototxt(bad_lrn))

@@ -31,7 +31,12 @@ from pda_repro.backends import load_backend
 from tests.conftest import require_caffe
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
-MODELS = ["mnist", "alexnet", pytest.param("googlenet", marks=pytest.mark.slow), pytest.param("vgg16", marks=pytest.mark.slow)]
+MODELS = [
+    "mnist",
+    "alexnet",
+    pytest.param("googlenet", marks=pytest.mark.slow),
+    pytest.param("vgg16", marks=pytest.mark.slow),
+]
 
 
 def photo_batch(spec: zoo.ModelSpec) -> np.ndarray:
@@ -97,7 +102,9 @@ def _pool_windows(bottom: np.ndarray, layer, shape) -> np.ndarray:
     g = proto.pool_geometry(layer, shape)
     (kh, kw), (sh, sw), (ph, pw), (oh, ow) = g["kernel"], g["stride"], g["pad"], g["out"]
     n, c, h, w = bottom.shape
-    padded = np.full((n, c, max((oh - 1) * sh + kh, h + ph), max((ow - 1) * sw + kw, w + pw)), -np.inf, np.float32)
+    padded = np.full(
+        (n, c, max((oh - 1) * sh + kh, h + ph), max((ow - 1) * sw + kw, w + pw)), -np.inf, np.float32
+    )
     padded[:, :, ph : ph + h, pw : pw + w] = bottom
     view = sliding_window_view(padded, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :oh, :ow]
     return view.reshape(*view.shape[:4], kh * kw)
@@ -129,10 +136,12 @@ def route_torch_like_caffe(caffe_net, torch_net, x: np.ndarray) -> tuple[int, in
         differs = caffe_pick != _pool_windows(ours[bottom], layer, shapes.blobs[bottom]).argmax(axis=-1)
         # the inputs agree to rounding (above), so a differing pick is a near-tie; a semantic error (window
         # offsets, tie rule, padding) would make the picks differ in a large share of the windows
-        assert differs.mean() < 1e-3, f"{layer.name}: maxima differ in {differs.sum()} of {differs.size} windows"
+        assert differs.mean() < 1e-3, (
+            f"{layer.name}: maxima differ in {differs.sum()} of {differs.size} windows"
+        )
         pool_flips += int(differs.sum())
         g = proto.pool_geometry(layer, shapes.blobs[bottom])
-        (kh, kw), (sh, sw), (ph, pw), (oh, ow) = g["kernel"], g["stride"], g["pad"], g["out"]
+        (_, kw), (sh, sw), (ph, pw), (oh, ow) = g["kernel"], g["stride"], g["pad"], g["out"]
         width = shapes.blobs[bottom][3]
         rows = np.arange(oh)[:, None] * sh - ph + caffe_pick // kw
         cols = np.arange(ow)[None, :] * sw - pw + caffe_pick % kw
@@ -248,8 +257,15 @@ def test_every_supported_layer_type_agrees_with_caffe(rng, tmp_path):
     covered = {layer.type for layer in net.layer}
     assert covered == set(proto.LAYER_SHAPES), set(proto.LAYER_SHAPES) - covered
     shapes = proto.infer_shapes(net).params
-    weights = {name: [(0.7 * rng.standard_normal(s)).astype(np.float32) for s in blob_shapes] for name, blob_shapes in shapes.items()}
-    weights["bn"] = [rng.standard_normal(6).astype(np.float32), (rng.random(6) + 0.2).astype(np.float32), np.array([0.5], np.float32)]
+    weights = {
+        name: [(0.7 * rng.standard_normal(s)).astype(np.float32) for s in blob_shapes]
+        for name, blob_shapes in shapes.items()
+    }
+    weights["bn"] = [
+        rng.standard_normal(6).astype(np.float32),
+        (rng.random(6) + 0.2).astype(np.float32),
+        np.array([0.5], np.float32),
+    ]
     caffe_net = load_backend(path, "caffe", weights=weights, batch=2)
     torch_net = load_backend(path, "torch", weights=weights, batch=2)
     x = (2.0 * rng.standard_normal((3, 3, 11, 9))).astype(np.float32)
@@ -257,10 +273,29 @@ def test_every_supported_layer_type_agrees_with_caffe(rng, tmp_path):
     probs_t, logits_t = torch_net.forward(x)
     np.testing.assert_allclose(probs_t, probs_c, atol=1e-6)
     assert_close_relative(logits_t, logits_c, 1e-5, "logits")
-    names = ["conv@bn", "conv@relu6", "avg", "max", "dw", "sum", "emax", "prod", "lrn_w", "lrn_a", "gap", "ip1@ip1", "ip1"]
+    names = [
+        "conv@bn",
+        "conv@relu6",
+        "avg",
+        "max",
+        "dw",
+        "sum",
+        "emax",
+        "prod",
+        "lrn_w",
+        "lrn_a",
+        "gap",
+        "ip1@ip1",
+        "ip1",
+    ]
     blobs_c, blobs_t = caffe_net.blobs(x, names), torch_net.blobs(x, names)
     for name in names:
         assert blobs_c[name].shape == blobs_t[name].shape, name
         assert_close_relative(blobs_t[name], blobs_c[name], 1e-5, name)
     for output in ("prob", "logit"):
-        assert_close_relative(torch_net.input_gradient(x, [0, 3, 4], output), caffe_net.input_gradient(x, [0, 3, 4], output), 1e-4, output)
+        assert_close_relative(
+            torch_net.input_gradient(x, [0, 3, 4], output),
+            caffe_net.input_gradient(x, [0, 3, 4], output),
+            1e-4,
+            output,
+        )

@@ -20,16 +20,25 @@ from tests.conftest import require_caffe
 
 
 def _random_weights(rng, shapes):
-    return {name: [rng.standard_normal(s).astype(np.float32) for s in blob_shapes] for name, blob_shapes in shapes.items()}
+    return {
+        name: [rng.standard_normal(s).astype(np.float32) for s in blob_shapes]
+        for name, blob_shapes in shapes.items()
+    }
 
 
 def test_write_then_read_roundtrip_is_exact(rng, tmp_path):
-    weights = _random_weights(rng, {"conv1/7x7_s2": [(4, 3, 2, 2), (4,)], "fc": [(5, 16), (5,)], "bn": [(4,), (4,), (1,)]})
+    weights = _random_weights(
+        rng, {"conv1/7x7_s2": [(4, 3, 2, 2), (4,)], "fc": [(5, 16), (5,)], "bn": [(4,), (4,), (1,)]}
+    )
     path = tmp_path / "net.caffemodel"
     write_caffemodel(path, weights, net_name="tiny", layer_types={"fc": "InnerProduct"})
     name, layers = read_caffemodel_layers(path)
     assert name == "tiny"
-    assert [(layer.name, layer.type) for layer in layers] == [("conv1/7x7_s2", ""), ("fc", "InnerProduct"), ("bn", "")]
+    assert [(layer.name, layer.type) for layer in layers] == [
+        ("conv1/7x7_s2", ""),
+        ("fc", "InnerProduct"),
+        ("bn", ""),
+    ]
     back = read_caffemodel(path)
     for layer, blobs in weights.items():
         for ours, theirs in zip(back[layer], blobs, strict=True):
@@ -132,8 +141,13 @@ def test_bad_files_are_clear_errors(rng, tmp_path):
 
 
 def test_shape_mismatch_names_layer_and_both_shapes(rng):
-    with pytest.raises(CaffemodelError, match=r"layer 'fc8' blob 0 has shape \(10, 4096\), the net expects \(1000, 4096\)"):
-        match_weights({"fc8": [np.zeros((10, 4096), np.float32), np.zeros(10, np.float32)]}, {"fc8": [(1000, 4096), (1000,)]})
+    with pytest.raises(
+        CaffemodelError, match=r"layer 'fc8' blob 0 has shape \(10, 4096\), the net expects \(1000, 4096\)"
+    ):
+        match_weights(
+            {"fc8": [np.zeros((10, 4096), np.float32), np.zeros(10, np.float32)]},
+            {"fc8": [(1000, 4096), (1000,)]},
+        )
     with pytest.raises(CaffemodelError, match="layer 'fc8' has 1 blobs, the net expects 2"):
         match_weights({"fc8": [np.zeros((1000, 4096), np.float32)]}, {"fc8": [(1000, 4096), (1000,)]})
     with pytest.raises(CaffemodelError, match="no layer name matches"):
@@ -144,7 +158,9 @@ def test_backend_load_weights_rejects_a_caffemodel_of_another_net(tmp_path):
     torch_net = load_backend("mnist", "torch", weights="random")
     wrong = {"ip2": [np.zeros((7, 500), np.float32), np.zeros(7, np.float32)]}
     write_caffemodel(tmp_path / "wrong.caffemodel", wrong)
-    with pytest.raises(CaffemodelError, match=r"layer 'ip2' blob 0 has shape \(7, 500\), the net expects \(10, 500\)"):
+    with pytest.raises(
+        CaffemodelError, match=r"layer 'ip2' blob 0 has shape \(7, 500\), the net expects \(10, 500\)"
+    ):
         torch_net.load_weights(tmp_path / "wrong.caffemodel")
 
 

@@ -132,7 +132,19 @@ def test_default_model_on_a_bundled_photo(work):
 
     photo = photo_paths()["chelsea"]
     cache, out = work / "photo-cache", work / "out-photo"
-    common = ["--window", "16", "--outer", "18", "--stride", "96", "--no-progress", "--sampler-cache", cache, "--out", out]
+    common = [
+        "--window",
+        "16",
+        "--outer",
+        "18",
+        "--stride",
+        "96",
+        "--no-progress",
+        "--sampler-cache",
+        cache,
+        "--out",
+        out,
+    ]
     proc = run_cli("explain", photo, *common)
     assert proc.returncode == 0, proc.stderr
     top1 = predicted_top1("efficientnet_lite0", photo)
@@ -178,7 +190,9 @@ def wrong_weights(work) -> Path:
     from pda_repro.backends.caffemodel import write_caffemodel
 
     path = work / "wrong.caffemodel"
-    write_caffemodel(path, {"conv1": [np.ones((7, 1, 3, 3), np.float32), np.ones(7, np.float32)]}, net_name="x")
+    write_caffemodel(
+        path, {"conv1": [np.ones((7, 1, 3, 3), np.float32), np.ones(7, np.float32)]}, net_name="x"
+    )
     return path
 
 
@@ -186,7 +200,11 @@ def wrong_weights(work) -> Path:
     "case, args, expected",
     [
         ("model", ["--model", "mnsit"], ["unknown model 'mnsit'", "did you mean 'mnist'"]),
-        ("method", ["--model", "mnist", "--method", "epad"], ["unknown method 'epad'", "did you mean 'epda'"]),
+        (
+            "method",
+            ["--model", "mnist", "--method", "epad"],
+            ["unknown method 'epad'", "did you mean 'epda'"],
+        ),
         ("weights", ["--model", "mnist", "--weights", "{wrong}"], ["wrong.caffemodel", "conv1"]),
         ("window", ["--model", "mnist", "--window", "40"], ["--window 40", "28×28"]),
         ("class", ["--class", "tabyy cat"], ["'tabyy cat'", "did you mean 'tabby cat'"]),
@@ -210,7 +228,15 @@ def test_bad_arguments_give_one_line_and_exit_2(work, digit_png, wrong_weights, 
 def test_interrupt_then_rerun_resumes_to_the_same_maps(work, digit_png, mnist_args):
     """Ctrl-C (SIGINT) after the first checkpoint: exit 130 and a resume hint; the rerun finishes from the
     checkpoint and its maps equal an uninterrupted run's exactly."""
-    slow = [*mnist_args, "--method", "pda", "--batch", "1", "--checkpoint-seconds", "0.05"]  # 676 forward calls
+    slow = [
+        *mnist_args,
+        "--method",
+        "pda",
+        "--batch",
+        "1",
+        "--checkpoint-seconds",
+        "0.05",
+    ]  # 676 forward calls
     reference = work / "out-reference"
     proc = run_cli("explain", digit_png, *slow, "--out", reference)
     assert proc.returncode == 0, proc.stderr
@@ -219,7 +245,9 @@ def test_interrupt_then_rerun_resumes_to_the_same_maps(work, digit_png, mnist_ar
     ckpt_dir = out / ".checkpoints"
     env = cli_env()
     cmd = [*CLI, "explain", str(digit_png), *map(str, slow), "--out", str(out)]
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    child = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and child.poll() is None:
         if ckpt_dir.is_dir() and any(p.suffix == ".npz" for p in ckpt_dir.iterdir()):
@@ -308,3 +336,54 @@ def test_registered_subcommands_and_errors(capsys):
         assert len(error_lines(capsys.readouterr().err)) == 1
     finally:
         cli.SUBCOMMANDS.pop("selftest-cmd", None)
+
+
+def test_directories_and_globs_explain_each_with_unique_names(work, digit_png, mnist_args):
+    """A directory gives its image files, a glob its matches; equal stems get -2, -3 suffixes."""
+    folder = work / "many"
+    for sub in ("a", "b"):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "x.png").write_bytes(digit_png.read_bytes())
+    (folder / "a" / "readme.txt").write_text("not an image")
+    out = work / "out-many"
+    proc = run_cli(
+        "explain",
+        folder / "a",
+        str(folder / "*" / "x.png"),
+        *mnist_args,
+        "--method",
+        "saliency",
+        "--out",
+        out,
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in out.iterdir() if p.is_file())
+    assert names == ["x-2.json", "x-2.npz", "x-2.png", "x.json", "x.npz", "x.png"]  # a/x.png once, b/x.png
+    images = {json.loads((out / n).read_text())["image"] for n in ("x.json", "x-2.json")}
+    assert images == {str(folder / "a" / "x.png"), str(folder / "b" / "x.png")}
+
+
+def test_class_requests_and_names():
+    from pda_repro.cli import CLIError, _classes_for, _resolve_class_request, _unique_stems
+
+    names = ["tench, Tinca tinca", "goldfish, Carassius auratus", "great white shark", "tabby, tabby cat"]
+    assert _resolve_class_request(["top2", "3", "Goldfish", "tabby_cat", "top9"], names) == [
+        "top2",
+        3,
+        1,
+        3,
+        "top4",
+    ]
+    probs = np.array([0.1, 0.2, 0.6, 0.1])
+    assert _classes_for(["top2", 3, 1], probs) == [2, 1, 3]  # duplicates dropped, order kept
+    assert _classes_for(["top1"], np.array([0.3, 0.3, 0.4, 0.0])) == [2]
+    with pytest.raises(CLIError, match=r"'tabyy' .*did you mean 'tabby'"):
+        _resolve_class_request(["tabyy"], names)
+    with pytest.raises(CLIError, match=r"class index 4 out of range 0\.\.3"):
+        _resolve_class_request(["4"], names)
+    assert _unique_stems([Path("a/x.png"), Path("b/x.jpg"), Path("y.png"), Path("c/x.png")]) == [
+        "x",
+        "x-2",
+        "y",
+        "x-3",
+    ]

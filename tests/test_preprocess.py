@@ -151,7 +151,10 @@ def test_greyscale_replicated_and_gray_nets(tmp_path, rng):
     np.testing.assert_array_equal(x, grey[None].astype(np.float32) * np.float32(0.00390625))
     # ... and on a colour file: ITU-R 601-2 luma.
     colour = rng.integers(0, 256, size=(2, 3, 3), dtype=np.uint8)
-    x = load_image(save_png(tmp_path / "c.png", colour), make_spec(input_shape=(1, 2, 3), channel_order="GRAY", mean=(0.0,), scale=1.0)).x
+    x = load_image(
+        save_png(tmp_path / "c.png", colour),
+        make_spec(input_shape=(1, 2, 3), channel_order="GRAY", mean=(0.0,), scale=1.0),
+    ).x
     luma = colour[..., 0] * 0.299 + colour[..., 1] * 0.587 + colour[..., 2] * 0.114
     np.testing.assert_allclose(x[0], luma, atol=0.51)
 
@@ -183,7 +186,13 @@ def test_bad_files_raise_one_line_naming_the_file(tmp_path, pixels):
     truncated.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
-    for path, what in ((missing, "not found"), (text, "cannot read"), (truncated, "truncated"), (empty, "cannot read"), (tmp_path, "directory")):
+    for path, what in (
+        (missing, "not found"),
+        (text, "cannot read"),
+        (truncated, "truncated"),
+        (empty, "cannot read"),
+        (tmp_path, "directory"),
+    ):
         with pytest.raises(ImageReadError) as info:
             read_rgb(path)
         msg = str(info.value)

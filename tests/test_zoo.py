@@ -39,7 +39,10 @@ def test_deploy_conventions(name):
     assert (last.name, last.type, list(last.top)) == ("prob", "Softmax", ["prob"])
     io = proto.net_io(net)
     assert io.prob_blob == "prob"
-    assert io.logits_blob == {"alexnet": "fc8", "vgg16": "fc8", "googlenet": "loss3/classifier", "mnist": "ip2"}[name]
+    assert (
+        io.logits_blob
+        == {"alexnet": "fc8", "vgg16": "fc8", "googlenet": "loss3/classifier", "mnist": "ip2"}[name]
+    )
     assert io.input_shape == zoo.get(name).input_shape
     assert io.num_classes == zoo.get(name).num_classes
     for layer in net.layer:  # every learnable layer has fillers, so random init is meaningful
@@ -58,7 +61,13 @@ def test_alexnet_layout():
         "fc8", "prob",
     ]  # fmt: skip
     by_name = {layer.name: layer for layer in net.layer}
-    assert [by_name[n].convolution_param.group for n in ("conv1", "conv2", "conv3", "conv4", "conv5")] == [1, 2, 1, 2, 2]
+    assert [by_name[n].convolution_param.group for n in ("conv1", "conv2", "conv3", "conv4", "conv5")] == [
+        1,
+        2,
+        1,
+        2,
+        2,
+    ]
     for norm in ("norm1", "norm2"):
         p = by_name[norm].lrn_param
         assert (p.local_size, pytest.approx(p.alpha), p.beta, p.k) == (5, 1e-4, 0.75, 1.0)
@@ -93,7 +102,13 @@ def test_googlenet_layout():
         "data", "conv1/7x7_s2", "conv1/relu_7x7", "pool1/3x3_s2", "pool1/norm1", "conv2/3x3_reduce",
         "conv2/relu_3x3_reduce", "conv2/3x3", "conv2/relu_3x3", "conv2/norm2", "pool2/3x3_s2", "inception_3a/1x1",
     ]  # fmt: skip
-    assert names[-5:] == ["inception_5b/output", "pool5/7x7_s1", "pool5/drop_7x7_s1", "loss3/classifier", "prob"]
+    assert names[-5:] == [
+        "inception_5b/output",
+        "pool5/7x7_s1",
+        "pool5/drop_7x7_s1",
+        "loss3/classifier",
+        "prob",
+    ]
     for module in ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b"):
         for part in ("1x1", "3x3_reduce", "3x3", "5x5_reduce", "5x5", "pool", "pool_proj", "output"):
             assert f"inception_{module}/{part}" in names
@@ -124,13 +139,26 @@ def test_registry_entries():
     assert {"alexnet", "vgg16", "googlenet", "mnist", "efficientnet_lite0"} <= set(zoo.names())
     alexnet = zoo.get("alexnet")
     assert (alexnet.channel_order, alexnet.mean, alexnet.resize, alexnet.input_shape) == (
-        "BGR", (104.0, 117.0, 123.0), 256, (3, 227, 227)
+        "BGR",
+        (104.0, 117.0, 123.0),
+        256,
+        (3, 227, 227),
     )
     assert zoo.get("vgg16").input_shape == zoo.get("googlenet").input_shape == (3, 224, 224)
     mnist = zoo.get("mnist")
-    assert (mnist.channel_order, mnist.scale, mnist.train_size, mnist.num_classes) == ("GRAY", 0.00390625, 60_000, 10)
+    assert (mnist.channel_order, mnist.scale, mnist.train_size, mnist.num_classes) == (
+        "GRAY",
+        0.00390625,
+        60_000,
+        10,
+    )
     eff = zoo.get("efficientnet_lite0")
-    assert (eff.channel_order, eff.mean, eff.scale, eff.interpolation) == ("RGB", (127.0,) * 3, 1 / 128, "bicubic")
+    assert (eff.channel_order, eff.mean, eff.scale, eff.interpolation) == (
+        "RGB",
+        (127.0,) * 3,
+        1 / 128,
+        "bicubic",
+    )
     lines = alexnet.class_names.read_text().splitlines()
     assert len(lines) == 1000 and lines[0].startswith("tench")
 

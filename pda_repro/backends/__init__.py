@@ -47,7 +47,9 @@ def resolve_model(model: Any) -> tuple[Any, Path, Any]:
         if not path.is_file():
             if isinstance(model, str) and not model.endswith(".prototxt") and os.sep not in model:
                 zoo.get(model)  # raises KeyError with the zoo's suggestion
-            raise BackendError(f"model {str(model)!r} is neither a zoo name ({', '.join(zoo.names())}) nor a prototxt file")
+            raise BackendError(
+                f"model {str(model)!r} is neither a zoo name ({', '.join(zoo.names())}) nor a prototxt file"
+            )
     return spec, path, proto.read_prototxt(path)
 
 

@@ -95,7 +95,9 @@ class CaffeBackend(Backend):
         self.device, self.batch = device, int(batch)
         self._caffe = import_caffe()
         if device == "cuda" and not caffe_has_gpu():
-            raise BackendError("this pycaffe was built CPU_ONLY; use device='cpu' or backend='torch' for CUDA")
+            raise BackendError(
+                "this pycaffe was built CPU_ONLY; use device='cpu' or backend='torch' for CUDA"
+            )
         self._set_mode()
         with tempfile.TemporaryDirectory(prefix="pda-caffe-") as tmp:
             path = Path(tmp) / "deploy.prototxt"
@@ -122,7 +124,10 @@ class CaffeBackend(Backend):
 
     # -- weights -----------------------------------------------------------------------------------
     def get_weights(self) -> dict[str, list[np.ndarray]]:
-        return {name: [np.array(b.data, dtype=np.float32) for b in self.net.params[name]] for name in self.shapes.params}
+        return {
+            name: [np.array(b.data, dtype=np.float32) for b in self.net.params[name]]
+            for name in self.shapes.params
+        }
 
     def set_weights(self, weights: dict[str, list[np.ndarray]]) -> None:
         fitted = match_weights(weights, self.shapes.params)

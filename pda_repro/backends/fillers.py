@@ -36,7 +36,9 @@ def fill(filler: Any, shape: tuple[int, ...], rng: np.random.Generator) -> np.nd
     if kind == "uniform":
         if filler.max < filler.min:
             raise BackendError(f"uniform filler max {filler.max} < min {filler.min}")
-        return (filler.min + (filler.max - filler.min) * rng.random(shape, dtype=np.float32)).astype(np.float32)
+        return (filler.min + (filler.max - filler.min) * rng.random(shape, dtype=np.float32)).astype(
+            np.float32
+        )
     if kind == "gaussian":
         values = (filler.mean + filler.std * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
         if filler.sparse >= 0:

@@ -289,7 +289,9 @@ class CaffeNet(nn.Module):
             if layer.type not in LAYERS:  # pragma: no cover - infer_shapes rejects unknown types first
                 raise BackendError(f"layer {layer.name!r} has unsupported type {layer.type!r}")
             modules.append(
-                LAYERS[layer.type](layer, self.shapes.bottoms[layer.name], self.shapes.params.get(layer.name, []))
+                LAYERS[layer.type](
+                    layer, self.shapes.bottoms[layer.name], self.shapes.params.get(layer.name, [])
+                )
             )
         self.layers = nn.ModuleList(modules)
         self.index = {layer.name: i for i, layer in enumerate(self.layer_params)}
@@ -314,7 +316,9 @@ class CaffeNet(nn.Module):
             raise BackendError(f"unknown layer {layer!r} in blob name {name!r}")
         i = self.index[layer]
         if blob not in self.layer_params[i].top:
-            raise BackendError(f"layer {layer!r} does not write blob {blob!r} (its tops: {list(self.layer_params[i].top)})")
+            raise BackendError(
+                f"layer {layer!r} does not write blob {blob!r} (its tops: {list(self.layer_params[i].top)})"
+            )
         return blob, i
 
     def run(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -325,7 +329,7 @@ class CaffeNet(nn.Module):
             wanted.setdefault(after, []).append((name, blob))
             stop = max(stop, after)
         out: dict[str, torch.Tensor] = {}
-        for name, blob in wanted.get(-1, []):
+        for name, _ in wanted.get(-1, []):
             out[name] = x
         blobs = {self.input_blob: x}
         for i in range(stop + 1):

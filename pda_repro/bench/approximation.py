@@ -29,7 +29,7 @@ import numpy as np
 
 from pda_repro.bench.common import BenchContext
 from pda_repro.bench.inputs import distinct_images, is_mnist_like, timing_image
-from pda_repro.bench.plan import Cell, CellSkipped
+from pda_repro.bench.plan import Cell, CellSkipped, net_or_skip
 
 # Layers whose outputs (before the ReLU that follows, where one does) Figs 9/10 show. Caffe's ReLUs run
 # in place, so the backends name the value right after layer L wrote blob B as "B@L" (before the ReLU).
@@ -38,6 +38,7 @@ FC_LAYERS: dict[str, tuple[str, ...]] = {
     "vgg16": ("fc6", "fc7"),
     "mnist": ("ip1", "ip2"),
     "googlenet": ("loss3/classifier",),
+    "efficientnet_lite0": ("conv_head", "fc"),
 }
 
 
@@ -51,6 +52,8 @@ FC_LAYER_NOTES = {
     "vgg16": "fc6, fc7: the two 4096-unit fully-connected layers, before relu6/relu7 (as the paper)",
     "mnist": "ip1 (500 units, before relu1) and ip2 (the 10 logits; no ReLU follows)",
     "googlenet": "loss3/classifier (the only fully-connected layer: the 1000 logits)",
+    "efficientnet_lite0": "conv_head (the 1x1 head convolution, 1280x7x7 units, before ReLU6; the net has one "
+    "fully-connected layer) and fc (the 1000 logits; no nonlinearity follows)",
 }
 
 
@@ -389,7 +392,4 @@ def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> 
 
 
 def _net(ctx: BenchContext, model: str, backend_name: str) -> Any:
-    try:
-        return ctx.backend(model, backend_name)
-    except (ImportError, RuntimeError, NotImplementedError) as exc:
-        raise CellSkipped(f"{backend_name} backend unavailable on {ctx.device}: {exc}") from exc
+    return net_or_skip(ctx, model, backend_name)

@@ -15,12 +15,23 @@ from typing import Any
 from pda_repro.bench.common import BenchContext
 from pda_repro.bench.runner import Progress
 
-__all__ = ["Cell", "CellSkipped", "run_cells"]
+__all__ = ["Cell", "CellSkipped", "net_or_skip", "run_cells"]
 
 
 class CellSkipped(Exception):
     """Raised by a cell's ``run`` when it cannot run in this environment (reason in the message); the
     run goes on with the next cell and reports it at the end."""
+
+
+def net_or_skip(ctx: BenchContext, model: str, backend: str) -> Any:
+    """ctx.backend(model, backend), or CellSkipped when that backend cannot run here (no pycaffe, or
+    pycaffe built CPU_ONLY asked for cuda): the run goes on with the other cells."""
+    from pda_repro.backends.base import BackendError
+
+    try:
+        return ctx.backend(model, backend)
+    except (ImportError, BackendError, NotImplementedError) as exc:
+        raise CellSkipped(f"{backend} backend unavailable on {ctx.device}: {exc}") from exc
 
 
 @dataclass

@@ -387,6 +387,11 @@ def default_setup(settings: Settings | None = None) -> Setup:
         "rows/columns are covered by no window (grey in the maps)."
     )
     effnet_words = "EfficientNet-Lite0 converted to Caffe (torch backend, CPU)"
+    vgg_note = (
+        "the paper explains VGG16 with a sampler fitted on the 50,000 ILSVRC validation images; neither "
+        "VGG16's trained weights nor ILSVRC images are reachable here, so the ImageNet-trained "
+        "EfficientNet-Lite0 and the real photos shipped with scikit-image/matplotlib/opencv-doc stand in"
+    )
     effnet_weights = eff.weights_note
     sets = {
         "efficientnet_lite0": ImageSet(
@@ -401,7 +406,7 @@ def default_setup(settings: Settings | None = None) -> Setup:
             weights_file=eff.weights,
             batch=s.photo_batch,
             checkpoints=True,
-            notes={"stride": stride_reason},
+            notes={"stride": stride_reason, "model": vgg_note},
         ),
         "efficientnet_lite0_invariance": ImageSet(
             name="efficientnet_lite0_invariance",
@@ -427,6 +432,7 @@ def default_setup(settings: Settings | None = None) -> Setup:
                     f"The last {(224 - k) % s.invariance_stride} pixel rows/columns are covered by no window (grey)."
                 ),
                 "class": "every row explains the class predicted for the original photo",
+                "model": vgg_note,
             },
         ),
         "mnist": ImageSet(
@@ -931,6 +937,8 @@ def _write_figure_json(fig: FigureSpec, image_set: ImageSet, names: list[str], r
         "image_set": image_set.name,
         "model": image_set.model,
         "weights": image_set.weights,
+        "weights_file": str(image_set.weights_file) if image_set.weights_file is not None else None,
+        "weights_sha256": next((s.get("weights_sha256") for s in subjects if s.get("weights_sha256")), None),
         "notes": image_set.notes,
         "columns": list(fig.columns),
         "runs": runs,
@@ -971,7 +979,8 @@ def _wrap(text: str, width: int) -> str:
 
 def _caption(doc: dict[str, Any]) -> str:
     lines = [
-        f"Model: {doc['model']}; weights: {doc['weights']}.",
+        f"Model: {doc['model']}; weights: {doc['weights']}"
+        + (f" (sha256 {doc['weights_sha256'][:12]})." if doc.get("weights_sha256") else "."),
         f"Settings: {doc['caption']}",
     ]
     samplers = sorted({r["sampler"] for r in doc["runs"].values() if r.get("sampler")})
@@ -1008,9 +1017,11 @@ def _draw_map(fig: Any, ax: Any, m: np.ndarray, covered: np.ndarray | None, unit
     if covered is not None:
         rgb[~covered] = 0.82  # grey: no window covers these pixels
     ax.imshow(rgb, interpolation="nearest")
-    cbar = fig.colorbar(ScalarMappable(Normalize(-top, top), colormap()), ax=ax, fraction=0.046, pad=0.02)
+    ax.set_anchor("W")
+    cax = ax.inset_axes((1.03, 0.0, 0.06, 1.0))
+    cbar = fig.colorbar(ScalarMappable(Normalize(-top, top), colormap()), cax=cax)
     cbar.ax.tick_params(labelsize=6)
-    cbar.set_label(units, fontsize=6)
+    cbar.set_label(units, fontsize=6, labelpad=1)
     return top
 
 
@@ -1025,24 +1036,31 @@ def _render_figure(doc: dict[str, Any], root: Path, out: Path) -> Path:
     columns = doc["columns"]
     n_rows = len(doc["subjects"])
     n_cols = 1 + (2 if pairs else 1) * len(columns)
-    caption = _wrap(_caption(doc), int(40 * n_cols))
-    cap_lines = caption.count("\n") + 1
-    panel = 2.35
-    cap_h = 0.15 * cap_lines + 0.2
-    title_h = 0.6
-    width, height = panel * n_cols, panel * n_rows + cap_h + title_h
+    # map columns are wider: their colour bar sits beside the square panel
+    ratios = [1.0] + ([1.6, 1.0] if pairs else [1.6]) * len(columns)
+    wspace, title_room, margin = 0.12, 0.55, 0.15  # title_room: inches above each panel for its title
+    width = 2.0 * sum(ratios) + 2 * margin
+    # GridSpec: the mean cell width is avail / (n + wspace (n - 1)); cells scale with their ratios
+    mean_w = (width - 2 * margin) / (n_cols + wspace * (n_cols - 1))
+    unit = mean_w * n_cols / sum(ratios)  # width of a ratio-1 cell = the height of a square panel
+    caption = _wrap(_caption(doc), int(width * 13))
+    cap_h = 0.13 * (caption.count("\n") + 1) + 0.25
+    title_h = 0.45 + title_room
+    grid_h = unit * n_rows + title_room * (n_rows - 1)
+    height = grid_h + cap_h + title_h
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
-    fig.suptitle(f"{doc['title']}\n{doc['model']}", fontsize=10, y=1 - 0.08 / height)
+    fig.suptitle(f"{doc['title']}\n{doc['model']}", fontsize=10, y=1 - 0.06 / height)
     gs = fig.add_gridspec(
         n_rows,
         n_cols,
-        left=0.01,
-        right=0.97,
+        width_ratios=ratios,
+        left=margin / width,
+        right=1 - margin / width,
         top=1 - title_h / height,
-        bottom=(cap_h + 0.05) / height,
-        wspace=0.35,
-        hspace=0.4,
+        bottom=cap_h / height,
+        wspace=wspace,
+        hspace=title_room / unit,
     )
     fig.text(0.01, 0.005, caption, fontsize=7, va="bottom", ha="left", family="sans-serif")
     for r, subject in enumerate(doc["subjects"]):

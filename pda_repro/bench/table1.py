@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pda_repro.bench.common import BenchContext, random_input
-from pda_repro.bench.plan import Cell, CellSkipped
+from pda_repro.bench.plan import Cell, net_or_skip
 from pda_repro.bench.runner import PeakMemory, synchronize, time_calls
 
 PAPER_TABLE1_MS = {"alexnet": 342.0, "vgg16": 3301.0, "googlenet": 634.0}
@@ -63,10 +63,7 @@ def repeats_for(profile: str, warmup_seconds: float) -> int:
 
 def measure_forward(ctx: BenchContext, model: str, backend_name: str) -> dict[str, Any]:
     """Time forward passes of one batch after one warm-up (repeats: ``repeats_for``); the CSV row."""
-    try:
-        net = ctx.backend(model, backend_name)
-    except (ImportError, RuntimeError, NotImplementedError) as exc:
-        raise CellSkipped(f"{backend_name} backend unavailable on {ctx.device}: {exc}") from exc
+    net = net_or_skip(ctx, model, backend_name)
     spec = ctx.spec(model)
     x = random_input((ctx.batch, *net.input_shape), spec, ctx.rng("table1", model))
     t0 = time.perf_counter()

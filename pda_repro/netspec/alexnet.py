@@ -13,7 +13,11 @@ from pda_repro.netspec.builder import NetBuilder, filler
 def alexnet() -> Any:
     b = NetBuilder("AlexNet")
     x = b.input("data", (10, 3, 227, 227))
-    gauss, zero, tenth = filler("gaussian", std=0.01), filler("constant", value=0), filler("constant", value=0.1)
+    gauss, zero, tenth = (
+        filler("gaussian", std=0.01),
+        filler("constant", value=0),
+        filler("constant", value=0.1),
+    )
     x = b.conv("conv1", x, 96, 11, gauss, zero, stride=4)
     b.relu("relu1", x)
     x = b.lrn("norm1", x, 5, 1e-4, 0.75)

@@ -74,7 +74,14 @@ class NetBuilder:
         return self._layer(name, "ReLU", [blob], blob).top[0]
 
     def pool(
-        self, name: str, bottom: str, method: str, kernel: int, stride: int, pad: int = 0, top: str | None = None
+        self,
+        name: str,
+        bottom: str,
+        method: str,
+        kernel: int,
+        stride: int,
+        pad: int = 0,
+        top: str | None = None,
     ) -> str:
         layer = self._layer(name, "Pooling", [bottom], top or name)
         p = layer.pooling_param
@@ -85,7 +92,9 @@ class NetBuilder:
             p.pad = pad
         return layer.top[0]
 
-    def lrn(self, name: str, bottom: str, local_size: int, alpha: float, beta: float, top: str | None = None) -> str:
+    def lrn(
+        self, name: str, bottom: str, local_size: int, alpha: float, beta: float, top: str | None = None
+    ) -> str:
         layer = self._layer(name, "LRN", [bottom], top or name)
         layer.lrn_param.local_size = local_size
         layer.lrn_param.alpha = alpha
@@ -93,7 +102,13 @@ class NetBuilder:
         return layer.top[0]
 
     def inner_product(
-        self, name: str, bottom: str, num_output: int, weight_filler: Any, bias_filler: Any, top: str | None = None
+        self,
+        name: str,
+        bottom: str,
+        num_output: int,
+        weight_filler: Any,
+        bias_filler: Any,
+        top: str | None = None,
     ) -> str:
         layer = self._layer(name, "InnerProduct", [bottom], top or name)
         self._learnable(layer)

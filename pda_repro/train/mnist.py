@@ -174,6 +174,16 @@ def _test_accuracy(solver, test_iter: int) -> tuple[float, float]:
     return acc / test_iter, loss / test_iter
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _atomic_copy(src: Path, dst: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
     os.close(fd)
@@ -247,86 +257,85 @@ def train(
         if states:
             solver.restore(str(states[-1]))
             start_iter = solver.iter
-    log = open(log_path, "a" if start_iter else "w", encoding="utf-8")  # noqa: SIM115
+    with open(log_path, "a" if start_iter else "w", encoding="utf-8") as log:
 
-    def emit(line: str) -> None:
-        log.write(line + "\n")
-        log.flush()
+        def emit(line: str) -> None:
+            log.write(line + "\n")
+            log.flush()
 
-    total = solver_param.max_iter
-    bar = None
-    if progress is True:
-        from tqdm import tqdm  # noqa: PLC0415
+        total = solver_param.max_iter
+        bar = None
+        if progress is True:
+            from tqdm import tqdm  # noqa: PLC0415
 
-        bar = tqdm(total=total, initial=start_iter, unit="it", desc="train mnist")
+            bar = tqdm(total=total, initial=start_iter, unit="it", desc="train mnist")
 
-    def report(message: str) -> None:
-        if bar is not None:
-            bar.set_postfix_str(message)
-        elif callable(progress):
-            progress(solver.iter, total, message)
-
-    if start_iter == 0:
-        emit(
-            "# MNIST LeNet trained with Caffe's SGD solver through pycaffe (CPU): python -m pda_repro.train.mnist"
-        )
-        emit(
-            f"# caffe {caffe.__version__}, python {platform.python_version()}, {platform.machine()}, "
-            f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}"
-        )
-        emit(f"# data: {data.MNIST_NPM_PACKAGE} (60,000 train / 10,000 test digits), pixels x {PIXEL_SCALE}")
-        emit(f"# net: {train_prototxt.name}; solver: {solver_prototxt.name}:")
-        for line in text_format.MessageToString(
-            text_format.Parse(Path(solver_prototxt).read_text(), pb.SolverParameter())
-        ).splitlines():
-            emit(f"#   {line}")
-        if max_iter is not None:
-            emit(f"# max_iter overridden: {max_iter}")
-        emit("iter\ttrain_loss\tlr\ttest_loss\ttest_accuracy\tseconds")
-    else:
-        emit(f"# resumed from iteration {start_iter}")
-
-    t0 = time.perf_counter()
-    best = None
-    while solver.iter < total:
-        steps = min(test_interval - solver.iter % test_interval, total - solver.iter)
-        losses = []
-        for _ in range(steps):
-            solver.step(1)
-            losses.append(float(solver.net.blobs["loss"].data))
+        def report(message: str) -> None:
             if bar is not None:
-                bar.update(1)
-        acc, test_loss = _test_accuracy(solver, test_iter)
-        lr = _learning_rate(solver_param, solver.iter)
-        emit(
-            f"{solver.iter}\t{np.mean(losses):.5f}\t{lr:.6g}\t{test_loss:.5f}\t{acc:.4f}\t{time.perf_counter() - t0:.1f}"
-        )
-        report(f"test acc {acc:.4f}")
-        best = acc if best is None else max(best, acc)
-        if snapshot_every and solver.iter % snapshot_every == 0 and solver.iter < total:
-            solver.snapshot()
-    if bar is not None:
-        bar.close()
-    seconds = time.perf_counter() - t0
+                bar.set_postfix_str(message)
+            elif callable(progress):
+                progress(solver.iter, total, message)
 
-    weights = {name: [b.data.copy() for b in solver.net.params[name]] for name in LEARNED_LAYERS}
-    accuracy, deploy_net = evaluate(caffe, weights, deploy_prototxt)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_caffemodel.name}.", dir=out_caffemodel.parent)
-    os.close(fd)
-    try:
-        deploy_net.save(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_caffemodel)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    emit(
-        f"# training time: {seconds:.0f} s for iterations {start_iter}..{total} on {platform.processor() or platform.machine()}"
-    )
-    emit(
-        f"# final test accuracy of the deploy net {deploy_prototxt.name} with {out_caffemodel.name}, "
-        f"10,000 test digits: {accuracy:.4f} ({round(accuracy * 10000)}/10000)"
-    )
-    log.close()
+        if start_iter == 0:
+            emit(
+                "# MNIST LeNet trained with Caffe's SGD solver through pycaffe (CPU): python -m pda_repro.train.mnist"
+            )
+            emit(
+                f"# caffe {caffe.__version__}, python {platform.python_version()}, {platform.machine()}, "
+                f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}"
+            )
+            emit(
+                f"# data: {data.MNIST_NPM_PACKAGE} (60,000 train / 10,000 test digits), pixels x {PIXEL_SCALE}"
+            )
+            emit(f"# net: {train_prototxt.name}; solver: {solver_prototxt.name}:")
+            for line in text_format.MessageToString(
+                text_format.Parse(Path(solver_prototxt).read_text(), pb.SolverParameter())
+            ).splitlines():
+                emit(f"#   {line}")
+            if max_iter is not None:
+                emit(f"# max_iter overridden: {max_iter}")
+            emit("iter\ttrain_loss\tlr\ttest_loss\ttest_accuracy\tseconds")
+        else:
+            emit(f"# resumed from iteration {start_iter}")
+
+        t0 = time.perf_counter()
+        while solver.iter < total:
+            steps = min(test_interval - solver.iter % test_interval, total - solver.iter)
+            losses = []
+            for _ in range(steps):
+                solver.step(1)
+                losses.append(float(solver.net.blobs["loss"].data))
+                if bar is not None:
+                    bar.update(1)
+            acc, test_loss = _test_accuracy(solver, test_iter)
+            lr = _learning_rate(solver_param, solver.iter)
+            emit(
+                f"{solver.iter}\t{np.mean(losses):.5f}\t{lr:.6g}\t{test_loss:.5f}\t{acc:.4f}\t{time.perf_counter() - t0:.1f}"
+            )
+            report(f"test acc {acc:.4f}")
+            if snapshot_every and solver.iter % snapshot_every == 0 and solver.iter < total:
+                solver.snapshot()
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - t0
+
+        weights = {name: [b.data.copy() for b in solver.net.params[name]] for name in LEARNED_LAYERS}
+        accuracy, deploy_net = evaluate(caffe, weights, deploy_prototxt)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out_caffemodel.name}.", dir=out_caffemodel.parent)
+        os.close(fd)
+        try:
+            deploy_net.save(tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, out_caffemodel)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        emit(
+            f"# training time: {seconds:.0f} s for iterations {start_iter}..{total} on {_cpu_name()}, {os.cpu_count()} cores"
+        )
+        emit(
+            f"# final test accuracy of the deploy net {deploy_prototxt.name} with {out_caffemodel.name}, "
+            f"10,000 test digits: {accuracy:.4f} ({round(accuracy * 10000)}/10000)"
+        )
     _atomic_copy(log_path, out_log)
     return {"accuracy": accuracy, "seconds": seconds, "iterations": total, "caffemodel": out_caffemodel}
 

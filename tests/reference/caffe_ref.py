@@ -100,9 +100,16 @@ def convolution(x: np.ndarray, weight: np.ndarray, bias, stride, pad, dilation, 
                 for ci in range(in_per_group):
                     for a in range(kh):
                         for b in range(kw):
-                            total = total + weight[o, ci, a, b] * padded[
-                                :, g * in_per_group + ci, y * stride[0] + a * dilation[0], z * stride[1] + b * dilation[1]
-                            ]
+                            total = (
+                                total
+                                + weight[o, ci, a, b]
+                                * padded[
+                                    :,
+                                    g * in_per_group + ci,
+                                    y * stride[0] + a * dilation[0],
+                                    z * stride[1] + b * dilation[1],
+                                ]
+                            )
                 out[:, o, y, z] = total
     return out
 
