@@ -11,7 +11,7 @@ FORCE ?=
 BENCH_ARGS = --model $(MODEL) --backend $(BACKEND) --device $(DEVICE) --batch $(BATCH) --profile $(PROFILE) \
 	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(FORCE),--force)
 
-.PHONY: setup test unit regress benchmark figures train-mnist convert-efficientnet prototxts lint clean help
+.PHONY: setup test unit regress benchmark bench-sampler figures train-mnist convert-efficientnet prototxts lint clean help
 
 help:
 	@echo "make setup | test | benchmark [MODEL= BACKEND= DEVICE= BATCH= PROFILE= WEIGHTS=] | figures | regress | train-mnist | lint"
@@ -32,6 +32,9 @@ regress: setup
 
 benchmark: setup
 	$(PY) -m pda_repro.cli benchmark run $(BENCH_ARGS)
+
+bench-sampler: setup
+	$(PY) benchmarks/bench_sampler.py
 
 figures: setup
 	$(PY) -m pda_repro.cli figures

@@ -1080,6 +1080,20 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def _run_explain(args: argparse.Namespace) -> int:
+    user_errors = _user_error_types()
+    try:
+        state, items = _prepare_explain(args)
+    except CLIError:
+        raise
+    except user_errors as exc:  # bad values found while setting up (sampler, spec, ...): one line
+        if _debug():
+            raise
+        raise CLIError(_one_line(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)) from None
+    return _explain_all(state, items)
+
+
+def _prepare_explain(args: argparse.Namespace) -> tuple[_RunState, list[tuple[str, Path | None, str | None]]]:
+    """Everything shared by the images: model, net, labels, classes, sampler (fatal errors: exit 2)."""
     methods = _methods()
     method_cls = methods[args.method]
     uses = frozenset(getattr(method_cls, "uses", frozenset()))
@@ -1121,6 +1135,12 @@ def _run_explain(args: argparse.Namespace) -> int:
         sampler, sampler_info = _build_sampler(args, spec)
 
     state = _RunState(args, model, net, sampler, sampler_info, options, uses, class_request, Path(args.out))
+    return state, items
+
+
+def _explain_all(state: _RunState, items: list[tuple[str, Path | None, str | None]]) -> int:
+    """Explain each image; a failing image prints one line and the others go on (exit 2 if any failed)."""
+    user_errors = _user_error_types()
     paths = [p for _, p, err in items if err is None and p is not None]
     stems = iter(_unique_stems(paths))
     failed = 0

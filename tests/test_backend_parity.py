@@ -12,7 +12,7 @@ largest values are that close (flat photo regions, or chance among the millions 
 VGG/GoogLeNet) and the few ReLU inputs that close to 0, Caffe and torch take different branches, and
 the input gradient then differs locally by a lot (caffe_quirks 15). That is rounding, not semantics;
 so the gradient test (1) checks that the inputs of every MAX pooling and ReLU agree to 1e-4 and that the
-branches differ in fewer than 1e-3 of the windows / 1e-4 of the units (a semantic error -- window
+branches differ in fewer than 1e-2 of the windows / 1e-4 of the units (a semantic error -- window
 offsets, tie rule, padding -- would make them differ everywhere), and (2) compares the gradients with
 torch taking Caffe's branches.
 """
@@ -136,7 +136,7 @@ def route_torch_like_caffe(caffe_net, torch_net, x: np.ndarray) -> tuple[int, in
         differs = caffe_pick != _pool_windows(ours[bottom], layer, shapes.blobs[bottom]).argmax(axis=-1)
         # the inputs agree to rounding (above), so a differing pick is a near-tie; a semantic error (window
         # offsets, tie rule, padding) would make the picks differ in a large share of the windows
-        assert differs.mean() < 1e-3, (
+        assert differs.mean() < 1e-2, (
             f"{layer.name}: maxima differ in {differs.sum()} of {differs.size} windows"
         )
         pool_flips += int(differs.sum())

@@ -74,6 +74,8 @@ class CaffeBackend(Backend):
     """A Caffe deploy net run by pycaffe."""
 
     name = "caffe"
+    model_spec = None  # the zoo ModelSpec, set by load_backend
+    weights_source = "given at construction"  # set by load_backend: a path or "random (seed N)"
 
     def __init__(
         self,
@@ -135,7 +137,7 @@ class CaffeBackend(Backend):
             for blob, array in zip(self.net.params[name], blobs, strict=True):
                 blob.data[...] = array
 
-    def save_weights(self, path) -> None:
+    def save_weights(self, path: str | os.PathLike) -> None:
         from pda_repro.backends.caffemodel import write_caffemodel  # noqa: PLC0415
 
         types = {layer.name: layer.type for layer in self.net_param.layer}

@@ -12,6 +12,7 @@ fully connected output before its in-place ReLU). Generally "<blob>@<layer>" wit
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -349,6 +350,8 @@ class TorchBackend(Backend):
     """A Caffe deploy net run by PyTorch (see the module docstring for blob naming)."""
 
     name = "torch"
+    model_spec = None  # the zoo ModelSpec, set by load_backend
+    weights_source = "given at construction"  # set by load_backend: a path or "random (seed N)"
 
     def __init__(
         self,
@@ -397,7 +400,7 @@ class TorchBackend(Backend):
                 for param, array in zip(self.model.by_name[name].blobs, blobs, strict=True):
                     param.copy_(torch.from_numpy(array))
 
-    def save_weights(self, path) -> None:
+    def save_weights(self, path: str | os.PathLike) -> None:
         from pda_repro.backends.caffemodel import write_caffemodel  # noqa: PLC0415
 
         types = {layer.name: layer.type for layer in self.net_param.layer}
@@ -405,6 +408,8 @@ class TorchBackend(Backend):
 
     # -- running -----------------------------------------------------------------------------------
     def _chunks(self, x: np.ndarray):
+        if not x.flags.writeable:  # torch.from_numpy warns about read-only arrays
+            x = x.copy()
         for start in range(0, x.shape[0], self.batch):
             yield start, torch.from_numpy(x[start : start + self.batch]).to(self.device)
 
