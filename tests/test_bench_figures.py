@@ -253,3 +253,65 @@ def test_cli_figures_and_benchmark_errors(results, capsys):
     assert "alexnet" in capsys.readouterr().err  # suggests the close name
     assert main(["benchmark", "run", "--model", "all", "--weights", __file__, "--results", str(results)]) == 2
     assert "exactly one" in capsys.readouterr().err
+
+
+def test_paper_profile_rows_are_preferred_over_quick():
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        [
+            {
+                "model": "alexnet",
+                "backend": "torch",
+                "device": "cpu",
+                "method": "pda",
+                "profile": "quick",
+                "batch": 160,
+                "t": 1,
+            },
+            {
+                "model": "alexnet",
+                "backend": "torch",
+                "device": "cpu",
+                "method": "pda",
+                "profile": "paper",
+                "batch": 160,
+                "t": 2,
+            },
+            {
+                "model": "alexnet",
+                "backend": "torch",
+                "device": "cpu",
+                "method": "pda",
+                "profile": "paper",
+                "batch": 80,
+                "t": 3,
+            },
+            {
+                "model": "vgg16",
+                "backend": "torch",
+                "device": "cpu",
+                "method": "pda",
+                "profile": "quick",
+                "batch": 160,
+                "t": 4,
+            },
+        ]
+    )
+    one = FG.one_per_cell(frame, ["model", "backend", "device", "method"])
+    assert sorted(one["t"]) == [2, 4]
+    many = FG.best_profile_rows(frame, ["model", "backend", "device"])
+    assert sorted(many["t"]) == [2, 3, 4]
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    import torch
+
+    from pda_repro.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert (
+        main(["benchmark", "run", "--device", "cuda", "--model", "alexnet", "--results", str(tmp_path)]) == 2
+    )
+    assert "cuda" in capsys.readouterr().err

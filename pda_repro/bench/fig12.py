@@ -26,7 +26,7 @@ from pda_repro.bench.plan import Cell, net_or_skip
 
 WINDOW, OUTER, SAMPLES, STRIDE = 10, 18, 10, 1
 METHODS = ("epda", "pda")  # efficient PDA first: the cheaper result is in even if a run is cut short
-QUICK_BATCHES = 5
+QUICK_BATCHES = 3
 FULL_IF_UNDER_SECONDS = 60.0  # the quick profile runs every window when that is expected to take less
 PAPER_SPEEDUP = 10.0
 

@@ -109,6 +109,17 @@ def one_per_cell(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return ordered.drop_duplicates(list(keys), keep="first").drop(columns="_rank")
 
 
+def best_profile_rows(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """For experiments with many rows per cell (Figs 9/10, 11, 16): per ``keys`` group keep the rows of the
+    paper profile where it was run, else those of the quick profile."""
+    if frame.empty or "profile" not in frame:
+        return frame
+    best = frame.groupby(list(keys))["profile"].transform(
+        lambda p: "paper" if (p == "paper").any() else p.iloc[0]
+    )
+    return frame[frame["profile"] == best]
+
+
 # --- Table 1 --------------------------------------------------------------------------------------------
 
 
@@ -447,7 +458,7 @@ def render_all(results_dir: str | Path = RESULTS_DIR, readme: bool = True) -> Re
             for log in (False, True):
                 done.figures.append(plot_fig12(f12, env, out, machine, log))
         for name, plot in (("fig9_10", plot_fig9_10), ("fig11", plot_fig11), ("fig16", plot_fig16)):
-            frame = _read(env_dir, name)
+            frame = best_profile_rows(_read(env_dir, name), ["model", "backend", "device"])
             if frame.empty:
                 continue
             for model in _models_sorted(frame["model"]):
@@ -643,7 +654,7 @@ def _sampling_section(env_dir: Path) -> list[str]:
 
 def _approx_section(env_dir: Path) -> list[str]:
     lines: list[str] = []
-    f9 = _read(env_dir, "fig9_10")
+    f9 = best_profile_rows(_read(env_dir, "fig9_10"), ["model", "backend", "device"])
     if not f9.empty:
         rows = [
             [
@@ -679,7 +690,7 @@ def _approx_section(env_dir: Path) -> list[str]:
             ),
             "",
         ]
-    f11 = _read(env_dir, "fig11")
+    f11 = best_profile_rows(_read(env_dir, "fig11"), ["model", "backend", "device"])
     if not f11.empty:
         sources = sorted(
             {c.get("images", "") for c in _meta(env_dir, "fig11").get("cells", {}).values()} - {""}
@@ -724,7 +735,7 @@ def _approx_section(env_dir: Path) -> list[str]:
             *[f"Images: {src}." for src in sources],
             "",
         ]
-    f16 = _read(env_dir, "fig16")
+    f16 = best_profile_rows(_read(env_dir, "fig16"), ["model", "backend", "device"])
     if not f16.empty:
         rows = []
         for (model, backend), sub in f16.groupby(["model", "backend"]):

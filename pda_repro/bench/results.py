@@ -384,14 +384,16 @@ class ResultStore:
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        """Serialise read-modify-write of this env's files between processes."""
+        """Serialise read-modify-write of this env's files between processes (a lock on the directory
+        itself, so no lock file lands in results/)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def read(self, experiment: str) -> pd.DataFrame:
         """The experiment's rows (empty frame when nothing was written yet)."""

@@ -356,6 +356,7 @@ def run_window_loop(
     forward_calls = images = 0
     last_save_time, batches_since_save = time.perf_counter(), 0
 
+    committing = False
     bar = tqdm(total=total, initial=cursor, unit="img", desc=description, disable=not progress, leave=False)
     try:
         while cursor < total:
@@ -384,12 +385,14 @@ def run_window_loop(
             t0 = time.perf_counter()
             probs, _ = net.forward(buffer[:n])
             run_forward += time.perf_counter() - t0
+            committing = True  # from here until the cursor moves, sums and cursor may disagree
             for i, (r, q) in enumerate(corners):  # back to the image
                 buffer[i, :, r : r + k, q : q + k] = x[:, r : r + k, q : q + k]
             _accumulate(sums, win, draw, probs[:, classes].astype(np.float64))
             forward_calls += 1
             images += n
             cursor = stop
+            committing = False
             batches_since_save += 1
             if checkpoint is not None and cursor < total:
                 now = time.perf_counter()
@@ -402,6 +405,12 @@ def run_window_loop(
             bar.update(n)
             if callback is not None:
                 callback(cursor, total)
+    except KeyboardInterrupt:
+        # Ctrl-C: keep what is done. Sums and cursor agree unless the interrupt hit the few statements
+        # between the forward pass and the cursor update; then the last periodic checkpoint stands.
+        if checkpoint is not None and not committing and cursor > resumed:
+            checkpoint.save(cursor, sums, _timings(timings, run_sampling, run_forward, started))
+        raise
     finally:
         bar.close()
     final = _timings(timings, run_sampling, run_forward, started)
