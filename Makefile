@@ -53,4 +53,4 @@ lint: setup
 	$(PY) -m ruff format --check pda_repro tests benchmarks
 
 clean:
-	rm -rf .venv pda_repro/_generated .pytest_cache
+	rm -rf .venv pda_repro/_generated/_caffe_pb2.py .pytest_cache

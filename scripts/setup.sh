@@ -62,13 +62,12 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 echo "$CAFFE_DIR/python" > "$SITE/pda_repro_caffe.pth"
 "$VENV/bin/python" -c 'import caffe' 2>/dev/null || die "pycaffe from $CAFFE_DIR does not import in .venv"
 
-# -- 4. caffe_pb2 without pycaffe -----------------------------------------------------------------
+# -- 4. caffe_pb2 without pycaffe (pda_repro/_generated/caffe_pb2.py is a committed shim over it) ---------
 GEN="$ROOT/pda_repro/_generated"
-if [ ! -f "$GEN/caffe_pb2.py" ] || [ "$CAFFE_DIR/proto/caffe.proto" -nt "$GEN/caffe_pb2.py" ]; then
-  mkdir -p "$GEN"; touch "$GEN/__init__.py"
+if [ ! -f "$GEN/_caffe_pb2.py" ] || [ "$CAFFE_DIR/proto/caffe.proto" -nt "$GEN/_caffe_pb2.py" ]; then
   TMPGEN=$(mktemp -d)
   protoc -I"$CAFFE_DIR/proto" --python_out="$TMPGEN" "$CAFFE_DIR/proto/caffe.proto" || die "protoc failed on caffe.proto"
-  mv "$TMPGEN/caffe_pb2.py" "$GEN/caffe_pb2.py"; rmdir "$TMPGEN"
+  mv "$TMPGEN/caffe_pb2.py" "$GEN/_caffe_pb2.py"; rmdir "$TMPGEN"
 fi
 
 # -- 5. generated models --------------------------------------------------------------------------

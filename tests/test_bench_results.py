@@ -22,6 +22,9 @@ def test_atomic_write_text_replaces_and_leaves_no_temp(tmp_path):
     R.atomic_write_text(path, "second")
     assert path.read_text() == "second"
     assert [p.name for p in path.parent.iterdir()] == ["a.txt"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # an ordinary file, not mkstemp's 0600
 
 
 def test_atomic_write_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pda_repro.bench.runner import PeakMemory, Progress, format_seconds, summarise, time_calls
+from pda_repro.bench.runner import PeakMemory, Progress, format_seconds, limit_threads, summarise, time_calls
 
 
 def test_summarise_matches_hand_computation():
@@ -71,3 +71,16 @@ def test_progress_eta_scales_estimates_by_observed_speed():
     assert p.eta() == pytest.approx(10.0)
     text = out.getvalue()
     assert "[1/3] first" in text and "skipped" in text and "ETA" in text
+
+
+def test_limit_threads_sets_torch_and_openblas():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        done = limit_threads(1)
+        assert torch.get_num_threads() == 1 and done["torch"] == 1
+        assert any("openblas" in name for name in done), done  # numpy's OpenBLAS is loaded here
+        assert limit_threads(None) == {"requested": None, "torch": 1}  # None: leave as is
+    finally:
+        limit_threads(before)

@@ -24,6 +24,18 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _threads(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number >= 0 (0: library defaults), got {value!r}"
+        ) from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 (0: library defaults), got {value!r}")
+    return n
+
+
 def _factor(value: str) -> float:
     try:
         f = float(value)
@@ -110,7 +122,6 @@ def run_benchmark(args: argparse.Namespace) -> int:
             command=command_line(),
         )
         return code
-    from pda_repro.bench.common import torch_threads
     from pda_repro.bench.run import RunRequest, run
 
     request = RunRequest(
@@ -126,10 +137,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
         inner_progress=args.inner_progress,
+        threads=args.threads or None,
     )
     try:
-        with torch_threads(args.threads):
-            report = run(request, command=command_line())
+        report = run(request, command=command_line())
     except (ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise CLIError(str(msg)) from None

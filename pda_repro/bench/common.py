@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +71,7 @@ class BenchContext:
     command: str | None = None
     progress: Progress | None = None
     show_inner_progress: bool = False
+    threads: int | None = None  # threads per library (torch, OpenBLAS); None/0: the libraries' defaults
     _backends: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
     _samplers: dict[tuple[Any, ...], tuple[Any, dict]] = field(default_factory=dict, repr=False)
     _machine: dict[str, Any] | None = field(default=None, repr=False)
@@ -143,6 +143,10 @@ class BenchContext:
             self._backends[key] = load_backend(
                 model, backend=backend, device=self.device, weights=weights, batch=self.batch, seed=self.seed
             )
+            if self.threads:
+                from pda_repro.bench.runner import limit_threads
+
+                limit_threads(self.threads)  # pycaffe's OpenBLAS is loaded with its backend
         return self._backends[key]
 
     def sampler(
@@ -205,17 +209,3 @@ class BenchContext:
                 return float(rows["median_ms"].iloc[0]) / 1e3
         guess = GUESS_SECONDS_PER_BATCH.get(model, 4.0) * self.batch / 160
         return guess / 30 if self.device == "cuda" else guess
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op threads (None: leave as is)."""
-    import torch
-
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)

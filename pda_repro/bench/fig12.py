@@ -6,9 +6,12 @@ sampler's per-clipping-case factorisations are computed before the clock starts 
 distribution parameters can be computed in advance") and reported apart (``sampler_setup_seconds``).
 
 Profiles: ``paper`` runs every window of the image. ``quick`` runs an evenly spread fixed subset of
-windows (``explain(window_subset=n)``: n = ``QUICK_BATCHES`` full forward batches' worth for each method)
-and extrapolates each time linearly to all windows: t_all = t_subset × windows_total / windows_evaluated.
-Every extrapolated row says so: ``extrapolated`` is True and ``extrapolated_from_windows`` holds n.
+windows (``explain(window_subset=n)``: n = ``QUICK_BATCHES`` full forward batches' worth for each method,
+e.g. 48 windows for PDA and 480 for efficient PDA at batch 160) and extrapolates each time linearly to all
+windows: t_all = t_subset × windows_total / windows_evaluated. Every extrapolated row says so:
+``extrapolated`` is True and ``extrapolated_from_windows`` holds n. Where running every window is expected
+to take under ``FULL_IF_UNDER_SECONDS`` (mnist), the quick profile runs them all and nothing is
+extrapolated. Efficient PDA runs before PDA, and one untimed forward batch warms the backend up first.
 """
 
 from __future__ import annotations

@@ -644,12 +644,29 @@ def _sampling_section(env_dir: Path) -> list[str]:
                 f"{int(r['images_forwarded_total']):,} samples of a {r['window']}x{r['window']} window "
                 f"(vectorised conditional sampler{', extrapolated' if bool(r['extrapolated']) else ''})"
             )
-    for path in sorted(env_dir.glob("sampler*.csv")):
-        lines.append(
-            f"- the sampler benchmark's own numbers (reference vs vectorised): [{path.name}]({env_dir.name}/{path.name})"
+    sampler = _meta(env_dir, "sampler")
+    summary = sampler.get("summary")
+    if isinstance(summary, dict) and summary:
+        setting = sampler.get("setting", {})
+        what = (
+            ", ".join(f"{k}={v}" for k, v in setting.items()) if isinstance(setting, dict) else str(setting)
         )
+        lines += ["", f"The sampler benchmark (benchmarks/bench_sampler.py; {what}):", ""]
+        cols = sorted({k for v in summary.values() if isinstance(v, dict) for k in v})
+        rows = [
+            [name] + [_fmt_cell(v.get(c)) for c in cols] for name, v in summary.items() if isinstance(v, dict)
+        ]
+        lines.append(_md_table(["run"] + cols, rows))
+    for path in sorted(env_dir.glob("sampler*.csv")):
+        lines.append(f"\nSampler data: [{path.name}]({env_dir.name}/{path.name})")
     lines.append("")
     return lines
+
+
+def _fmt_cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "—" if v is None else str(v)
 
 
 def _approx_section(env_dir: Path) -> list[str]:

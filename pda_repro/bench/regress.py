@@ -62,6 +62,7 @@ CONFIG: dict[str, Any] = {
         "vectorised_windows": 2048,
     },
     "repeats": 3,
+    "threads": 1,  # per library: ratios on a shared 2-core machine are only stable single-threaded
 }
 
 __all__ = ["CONFIG", "Check", "compare", "config_hash", "find_baseline", "measure", "run_regress"]
@@ -246,10 +247,12 @@ def measure(
     from pda_repro.bench.common import BenchContext
     from pda_repro.bench.inputs import timing_image
     from pda_repro.bench.results import ResultStore
+    from pda_repro.bench.runner import limit_threads
     from pda_repro.explain import explain
 
     started = time.perf_counter()
     out = Measurement()
+    out.details["threads"] = limit_threads(config["threads"])
     rng = np.random.default_rng(seed)
     ratio, details = measure_sampler_ratio(config, rng)
     out.ratios["vectorised_over_reference_sampler"] = ratio
@@ -271,6 +274,7 @@ def measure(
                 out.missing.append(f"{model}/{backend}: {exc}")
                 say(f"  {model}/{backend}: not available ({exc}); its ratios are not checked")
                 continue
+            limit_threads(config["threads"])  # pycaffe's OpenBLAS is loaded with the caffe backend
             cls = int(np.argmax(net.forward(image[None])[0][0]))
             batch_x = np.repeat(image[None], config["batch"], axis=0)
             net.forward(batch_x)  # warm-up

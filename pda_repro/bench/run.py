@@ -43,6 +43,7 @@ class RunRequest:
     seed: int = 0
     progress: bool = True
     inner_progress: bool = False
+    threads: int | None = 1
 
 
 def parse_experiments(text: str) -> list[str]:
@@ -113,6 +114,9 @@ def run(request: RunRequest, command: str | None = None) -> RunReport:
             f"--weights {request.weights} belongs to one model: pass --model with exactly one name "
             f"(got --model {request.model})"
         )
+    from pda_repro.bench.runner import limit_threads
+
+    limit_threads(request.threads)
     store = ResultStore(Path(request.results_dir), env_name(request.device))
     ctx = BenchContext(
         store=store,
@@ -124,6 +128,7 @@ def run(request: RunRequest, command: str | None = None) -> RunReport:
         seed=request.seed,
         command=command,
         show_inner_progress=request.inner_progress,
+        threads=request.threads,
     )
     cells = plan_cells(ctx, models, backends, experiments)
     if request.progress:

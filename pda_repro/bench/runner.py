@@ -117,6 +117,55 @@ def time_calls(
     return summarise(times)
 
 
+# --- threads --------------------------------------------------------------------------------------------
+
+_OPENBLAS_SETTERS = (
+    "openblas_set_num_threads",
+    "scipy_openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
+    "openblas_set_num_threads64_",
+)
+
+
+def limit_threads(n: int | None) -> dict[str, Any]:
+    """Use ``n`` threads in torch (intra-op, OpenMP/MKL) and in every OpenBLAS loaded in this process
+    (numpy's, scipy's, and the one pycaffe links), at run time; ``None`` or 0 leaves the libraries'
+    defaults. Returns what was set, for the metadata. Call again after loading pycaffe (its OpenBLAS is
+    loaded then).
+
+    Why: on a shared machine multi-threaded pools oversubscribe the cores and timings stop meaning
+    anything (measured here under a load average of ~7 on 2 cores: a single-image LeNet forward took
+    ~130 ms with 2 torch threads and ~1 ms with 1)."""
+    import ctypes
+
+    import torch
+
+    done: dict[str, Any] = {"requested": n}
+    if not n:
+        done["torch"] = torch.get_num_threads()
+        return done
+    torch.set_num_threads(int(n))
+    done["torch"] = torch.get_num_threads()
+    libs = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            path = line.split()[-1] if line.split() else ""
+            if "openblas" in path.lower() and path.startswith("/"):
+                libs.add(path)
+    for path in sorted(libs):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _OPENBLAS_SETTERS:
+            setter = getattr(lib, name, None)
+            if setter is not None:
+                setter(ctypes.c_int(int(n)))
+                done[Path(path).name] = int(n)
+                break
+    return done
+
+
 # --- peak memory -------------------------------------------------------------------------------------
 
 

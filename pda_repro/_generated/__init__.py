@@ -1,0 +1,1 @@
+"""Code generated at set-up (caffe_pb2 from caffe.proto)."""
