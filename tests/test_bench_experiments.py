@@ -251,3 +251,64 @@ def test_table1_row(tmp_path, linear_net):
     assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
     assert row["ms_per_image"] == pytest.approx(row["median_ms"] / 4)
     assert row["peak_rss_mib"] > 0 and row["paper_k80_ms"] is None
+
+
+# --- the plan of a run ---------------------------------------------------------------------------------
+def test_default_plan_covers_every_experiment_on_both_backends(tmp_path):
+    from pda_repro import zoo
+    from pda_repro.bench.run import parse_backends, parse_experiments, parse_models, plan_cells
+
+    ctx = BenchContext(store=ResultStore(tmp_path, "cpu-test-2c"))
+    cells = plan_cells(ctx, parse_models("default"), parse_backends("all"), parse_experiments("all"))
+    got = {(c.experiment, c.model, c.key["backend"]) for c in cells}
+    trained_mnist = zoo.get("mnist").weights is not None and zoo.get("mnist").weights.is_file()
+    for backend in ("caffe", "torch"):
+        mnist = {"table1", "fig12", "fig9_10"} | ({"fig11", "fig16"} if trained_mnist else set())
+        for experiment in mnist:
+            assert (experiment, "mnist", backend) in got
+        for experiment in ("table1", "fig12", "fig9_10"):
+            assert (experiment, "alexnet", backend) in got
+    assert not any(c.model not in ("mnist", "alexnet") for c in cells)
+    # models grouped, Table 1 first within each model (it calibrates the ETA)
+    models = [c.model for c in cells]
+    assert models == sorted(models, key=lambda m: models.index(m))
+    assert cells[0].experiment == "table1"
+    labels = [c.label for c in cells if c.experiment == "fig12"]
+    assert any(
+        "alexnet" in label and "48 of 47524 windows" in label for label in labels
+    )  # quick: extrapolated
+    assert any("mnist" in label and "all windows" in label for label in labels)  # cheap: measured in full
+
+
+def test_run_arguments_are_checked():
+    from pda_repro.bench.run import parse_backends, parse_experiments, parse_models
+
+    assert parse_experiments("fig12,table1") == ["table1", "fig12"]
+    with pytest.raises(ValueError, match="unknown experiment"):
+        parse_experiments("fig13")
+    assert parse_backends("all") == ["caffe", "torch"]
+    with pytest.raises(ValueError, match="caffe, torch or all"):
+        parse_backends("tensorflow")
+    assert "alexnet" in parse_models("all") and parse_models("default") is None
+    with pytest.raises(KeyError, match="alexnet"):
+        parse_models("alexnt")
+
+
+def test_retrained_weights_supersede_old_cells_but_other_weights_stay(tmp_path, linear_net):
+    ctx = TinyContext(tmp_path, linear_net)
+    base = {"model": "mnist", "backend": "torch", "device": "cpu", "profile": "quick"}
+    for w in (
+        "mnist.caffemodel (sha256 aaaa1111)",
+        "other.caffemodel (sha256 cccc3333)",
+        "random (seeded fillers, seed 0)",
+    ):
+        ctx.store.write_cell("fig11", {**base, "weights": w}, [{"weights": w, "am": 0.5}], {})
+    new = {**base, "weights": "mnist.caffemodel (sha256 bbbb2222)"}
+    removed = A.prune_superseded(ctx, "fig11", new)
+    assert removed == [
+        "model=mnist|backend=torch|device=cpu|profile=quick|weights=mnist.caffemodel (sha256 aaaa1111)"
+    ]
+    left = set(ctx.store.read("fig11")["weights"])
+    assert left == {"other.caffemodel (sha256 cccc3333)", "random (seeded fillers, seed 0)"}
+    assert len(ctx.store.read_meta("fig11")["cells"]) == 2
+    assert A.prune_superseded(ctx, "fig11", {**base, "weights": "random (seeded fillers, seed 0)"}) == []

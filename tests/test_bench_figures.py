@@ -315,3 +315,15 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
         main(["benchmark", "run", "--device", "cuda", "--model", "alexnet", "--results", str(tmp_path)]) == 2
     )
     assert "cuda" in capsys.readouterr().err
+
+
+def test_one_figure_per_set_of_weights(results):
+    store = ResultStore(results, ENV)
+    frame = store.read("fig11")
+    rows = frame[frame.columns.drop(["cell", "model", "backend", "device", "profile"])].to_dict("records")
+    official = "bvlc_mnist.caffemodel (sha256 abcdef12)"
+    key = {"model": "mnist", "backend": "torch", "device": "cpu", "weights": official, "profile": "paper"}
+    store.write_cell("fig11", key, [{**r, "weights": official} for r in rows], _meta())
+    names = {p.name for p in FG.render_all(results).figures}
+    assert f"fig11_mnist_bvlc_mnist-abcdef12_{ENV}.png" in names
+    assert f"fig11_mnist_mnist-12345678_{ENV}.png" in names

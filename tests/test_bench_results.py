@@ -222,6 +222,7 @@ def test_cell_metadata_has_settings_and_load(tmp_path):
     ctx = _ctx(tmp_path)
     meta = ctx.cell_meta(window=10)
     assert meta["window"] == 10 and meta["batch"] == 160 and meta["device"] == "cpu"
+    assert meta["threads_per_library"] == "library defaults"
     assert "load_average_1_5_15" in meta and "date" in meta
 
 

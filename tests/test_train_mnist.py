@@ -66,25 +66,70 @@ def test_committed_caffemodel_in_torch_backend(test_digits):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_shift_images_by_hand():
+    img = np.arange(1, 10, dtype=np.uint8).reshape(1, 3, 3)  # 1 2 3 / 4 5 6 / 7 8 9
+    imgs = np.repeat(img, 4, axis=0)
+    out = train_mnist.shift_images(imgs, np.array([[0, 0], [1, 0], [0, -1], [-1, 2]]))
+    assert out[0].tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert out[1].tolist() == [[0, 0, 0], [1, 2, 3], [4, 5, 6]]  # down by one
+    assert out[2].tolist() == [[2, 3, 0], [5, 6, 0], [8, 9, 0]]  # left by one
+    assert out[3].tolist() == [[0, 0, 4], [0, 0, 7], [0, 0, 0]]  # up one, right two
+    with pytest.raises(ValueError, match="shape"):
+        train_mnist.shift_images(imgs, np.zeros((3, 2), dtype=int))
+    with pytest.raises(ValueError, match="not smaller"):
+        train_mnist.shift_images(imgs, np.full((4, 2), 3))
+
+
+def test_epoch_data_is_seeded_permuted_and_shifted(rng):
+    images = np.zeros((50, 28, 28), dtype=np.uint8)
+    images[:, 10:18, 10:18] = 200  # a square, so every shift is visible
+    labels = np.arange(50, dtype=np.uint8) % 10
+    x1, y1 = train_mnist.epoch_data(images, labels, np.random.default_rng(7))
+    x2, y2 = train_mnist.epoch_data(images, labels, np.random.default_rng(7))
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+    assert x1.shape == (50, 1, 28, 28) and x1.dtype == np.float32 and y1.shape == (50, 1, 1, 1)
+    assert sorted(y1.ravel().tolist()) == sorted(labels.tolist())  # a permutation
+    assert not np.array_equal(y1.ravel(), labels)
+    # every digit keeps its mass (the square stays inside), positions spread over -2..2
+    np.testing.assert_allclose(x1.sum(axis=(1, 2, 3)), 64 * 200 / 256)
+    rows = [np.flatnonzero(x1[i, 0].any(axis=1))[0] - 10 for i in range(50)]
+    assert set(rows) == {-2, -1, 0, 1, 2}
+
+
 @pytest.mark.caffe
-def test_training_is_reproducible(caffe, tmp_path):
-    """Two short runs from scratch with the solver's seed give identical weights (and they learn)."""
-    outputs = []
-    for run in ("a", "b"):
-        summary = train_mnist.train(
-            run_dir=tmp_path / run,
-            out_caffemodel=tmp_path / f"{run}.caffemodel",
-            out_log=tmp_path / f"{run}.log",
-            max_iter=30,
-            progress=False,
-        )
-        outputs.append(summary)
-        assert (tmp_path / f"{run}.log").read_text().count("\n30\t") == 1
+def test_training_is_reproducible_and_resumable(caffe, tmp_path):
+    """Two runs from scratch with the solver's seed give identical weights, and a run stopped at a
+    snapshot and resumed gives the same weights as an uninterrupted one."""
     from pda_repro.backends.caffemodel import read_caffemodel
 
-    a, b = (read_caffemodel(tmp_path / f"{run}.caffemodel") for run in ("a", "b"))
-    assert set(a) == {"conv1", "conv2", "ip1", "ip2"}
-    for name in a:
-        for wa, wb in zip(a[name], b[name], strict=True):
-            np.testing.assert_array_equal(wa, wb)
-    assert outputs[0]["accuracy"] == outputs[1]["accuracy"] > 0.5  # 30 SGD steps already beat chance
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(
+        train_mnist.SOLVER_PROTOTXT.read_text()
+        .replace("snapshot: 3000", "snapshot: 10")
+        .replace("test_interval: 600", "test_interval: 10")
+    )
+
+    def run(name: str, max_iter: int, resume: bool = False, run_dir: str | None = None) -> dict:
+        return train_mnist.train(
+            solver_prototxt=solver,
+            run_dir=tmp_path / (run_dir or name),
+            out_caffemodel=tmp_path / f"{name}.caffemodel",
+            out_log=tmp_path / f"{name}.log",
+            max_iter=max_iter,
+            resume=resume,
+            progress=False,
+        )
+
+    a = run("a", 30)
+    b = run("b", 30)
+    run("c", 20)  # snapshot at 10 only (none at the end)
+    c = run("c2", 30, resume=True, run_dir="c")
+    assert "# resumed from iteration 10" in (tmp_path / "c2.log").read_text()
+    weights = {name: read_caffemodel(tmp_path / f"{name}.caffemodel") for name in ("a", "b", "c2")}
+    assert set(weights["a"]) == {"conv1", "conv2", "ip1", "ip2"}
+    for other in ("b", "c2"):
+        for layer, blobs in weights["a"].items():
+            for wa, wo in zip(blobs, weights[other][layer], strict=True):
+                np.testing.assert_array_equal(wa, wo)
+    assert a["accuracy"] == b["accuracy"] == c["accuracy"] > 0.5  # 30 SGD steps already beat chance

@@ -105,16 +105,6 @@ def fill_window(image: np.ndarray, patches: np.ndarray, row: int, col: int) -> n
     return out
 
 
-def forward_in_batches(net: Any, images: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(probs, logits) of many images, at most ``batch`` handed to the backend at once."""
-    probs, logits = [], []
-    for start in range(0, len(images), batch):
-        p, z = net.forward(np.ascontiguousarray(images[start : start + batch], dtype=np.float32))
-        probs.append(p)
-        logits.append(z)
-    return np.concatenate(probs), np.concatenate(logits)
-
-
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     e = np.exp(z - z.max(axis=axis, keepdims=True))
@@ -383,12 +373,47 @@ def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> 
                     "profile": ctx.profile,
                 }
 
-                def run(experiment: str = experiment, model: str = model, backend_name: str = backend_name):
-                    return RUNNERS[experiment](ctx, model, backend_name)
+                def run(
+                    experiment: str = experiment,
+                    model: str = model,
+                    backend_name: str = backend_name,
+                    key=key,
+                ):
+                    rows, meta = RUNNERS[experiment](ctx, model, backend_name)
+                    prune_superseded(ctx, experiment, key)
+                    return rows, meta
 
                 label = f"{experiment} {model}/{backend_name}/{ctx.device} ({weights})"
                 out.append(Cell(experiment, key, label, estimate, run, model, DESCRIPTIONS[experiment]))
     return out
+
+
+def _weights_file(label: str) -> str | None:
+    """'mnist.caffemodel (sha256 1234abcd)' -> 'mnist.caffemodel'; None for random weights."""
+    return label.split(" (sha256 ")[0] if " (sha256 " in label else None
+
+
+def prune_superseded(ctx: BenchContext, experiment: str, key: dict[str, Any]) -> list[str]:
+    """Remove the cells this one supersedes: same model, backend, device and profile, weights from a file of
+    the same name with another hash (a retrained models/mnist.caffemodel, say). Cells with other weights
+    files (an official caffemodel beside random weights) stay. Returns the removed cell ids."""
+    mine = _weights_file(str(key["weights"]))
+    if mine is None:
+        return []
+    frame = ctx.store.read(experiment)
+    if frame.empty:
+        return []
+    same = frame
+    for field_name in ("model", "backend", "device", "profile"):
+        same = same[same[field_name].astype(str) == str(key[field_name])]
+    stale = [
+        cid
+        for cid, weights in same.groupby("cell")["weights"].first().items()
+        if weights != key["weights"] and _weights_file(str(weights)) == mine
+    ]
+    for cid in stale:
+        ctx.store.remove_cell(experiment, cid)
+    return stale
 
 
 def _net(ctx: BenchContext, model: str, backend_name: str) -> Any:

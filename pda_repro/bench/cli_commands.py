@@ -88,7 +88,11 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--results", default=str(RESULTS_DIR), help="results directory")
     run.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     run.add_argument(
-        "--threads", type=_positive_int, default=None, help="torch intra-op threads (default: torch's)"
+        "--threads",
+        type=_threads,
+        default=1,
+        help="threads per library (torch, numpy's and pycaffe's OpenBLAS); 0 = the libraries' defaults. One by "
+        "default: on a shared machine multi-threaded pools oversubscribe the cores and timings stop meaning anything",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress lines")
     run.add_argument(

@@ -108,6 +108,7 @@ class BenchContext:
                 "batch": self.batch,
                 "profile": self.profile,
                 "seed": self.seed,
+                "threads_per_library": self.threads or "library defaults",
                 **settings,
             }
         )

@@ -96,7 +96,7 @@ def summarise_run(
     """The CSV columns of one explain run: whole-image times (extrapolated when a subset ran) and the raw
     measurements. ``timings`` is Explanation.timings (sampling / forward / other seconds)."""
     extrapolated = windows_evaluated < windows_total
-    scale = windows_total / windows_evaluated
+    scale = extrapolate(1.0, windows_evaluated, windows_total)
     sampling = float(timings.get("sampling", 0.0))
     forward = float(timings.get("forward", 0.0))
     other = max(0.0, float(seconds) - sampling - forward)

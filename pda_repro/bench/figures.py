@@ -80,6 +80,14 @@ def _models_sorted(names: Sequence[str]) -> list[str]:
     return sorted(set(names), key=lambda m: (rank.get(m, len(rank)), m))
 
 
+def _weights_slug(weights: str) -> str:
+    """'bvlc_alexnet.caffemodel (sha256 1234abcd)' -> 'bvlc_alexnet-1234abcd'; random -> 'random'."""
+    if _random_weights(weights):
+        return "random"
+    name, _, rest = str(weights).partition(" (sha256 ")
+    return "-".join(p for p in (Path(name).stem, rest.rstrip(")")) if p).replace(" ", "-")
+
+
 def _random_weights(weights: str) -> bool:
     return str(weights).startswith("random")
 
@@ -321,7 +329,9 @@ def _fmt_seconds(s: float) -> str:
 # --- Figs 9/10 ------------------------------------------------------------------------------------------
 
 
-def plot_fig9_10(frame: pd.DataFrame, env_dir: Path, model: str, out: Path) -> Path | None:
+def plot_fig9_10(
+    frame: pd.DataFrame, env_dir: Path, model: str, out: Path, stem: str | None = None
+) -> Path | None:
     plt = _plt()
     sub = frame[frame["model"] == model]
     layers = list(dict.fromkeys(sub["layer"]))
@@ -358,13 +368,15 @@ def plot_fig9_10(frame: pd.DataFrame, env_dir: Path, model: str, out: Path) -> P
         color="darkred" if warn else "black",
     )
     fig.tight_layout()
-    return _save(fig, out / f"fig9_10_{model}_{env_dir.name}.png")
+    return _save(fig, out / f"fig9_10_{stem or model}_{env_dir.name}.png")
 
 
 # --- Fig 11 ---------------------------------------------------------------------------------------------
 
 
-def plot_fig11(frame: pd.DataFrame, env_dir: Path, model: str, out: Path) -> Path | None:
+def plot_fig11(
+    frame: pd.DataFrame, env_dir: Path, model: str, out: Path, stem: str | None = None
+) -> Path | None:
     plt = _plt()
     sub = frame[frame["model"] == model]
     if sub.empty:
@@ -397,13 +409,15 @@ def plot_fig11(frame: pd.DataFrame, env_dir: Path, model: str, out: Path) -> Pat
     if source:
         fig.text(0.01, -0.04, f"images: {source}", fontsize=7, wrap=True)
     ax.legend(fontsize=7)
-    return _save(fig, out / f"fig11_{model}_{env_dir.name}.png")
+    return _save(fig, out / f"fig11_{stem or model}_{env_dir.name}.png")
 
 
 # --- Fig 16 ---------------------------------------------------------------------------------------------
 
 
-def plot_fig16(frame: pd.DataFrame, env_dir: Path, model: str, out: Path) -> Path | None:
+def plot_fig16(
+    frame: pd.DataFrame, env_dir: Path, model: str, out: Path, stem: str | None = None
+) -> Path | None:
     plt = _plt()
     sub = frame[frame["model"] == model]
     if sub.empty:
@@ -436,7 +450,7 @@ def plot_fig16(frame: pd.DataFrame, env_dir: Path, model: str, out: Path) -> Pat
         fontsize=8,
     )
     ax.legend(fontsize=7)
-    return _save(fig, out / f"fig16_{model}_{env_dir.name}.png")
+    return _save(fig, out / f"fig16_{stem or model}_{env_dir.name}.png")
 
 
 # --- all ------------------------------------------------------------------------------------------------
@@ -458,13 +472,16 @@ def render_all(results_dir: str | Path = RESULTS_DIR, readme: bool = True) -> Re
             for log in (False, True):
                 done.figures.append(plot_fig12(f12, env, out, machine, log))
         for name, plot in (("fig9_10", plot_fig9_10), ("fig11", plot_fig11), ("fig16", plot_fig16)):
-            frame = best_profile_rows(_read(env_dir, name), ["model", "backend", "device"])
+            frame = best_profile_rows(_read(env_dir, name), ["model", "backend", "device", "weights"])
             if frame.empty:
                 continue
             for model in _models_sorted(frame["model"]):
-                path = plot(frame, env_dir, model, out)
-                if path is not None:
-                    done.figures.append(path)
+                weights = sorted(frame.loc[frame["model"] == model, "weights"].astype(str).unique())
+                for w in weights:  # one figure per set of weights (e.g. random and an official caffemodel)
+                    stem = model if len(weights) == 1 else f"{model}_{_weights_slug(w)}"
+                    path = plot(frame[frame["weights"].astype(str) == w], env_dir, model, out, stem)
+                    if path is not None:
+                        done.figures.append(path)
     done.qualitative = _render_qualitative(root, done.notes)
     if readme:
         done.readme = write_readme(root, done.figures, done.qualitative, done.notes)
@@ -671,7 +688,7 @@ def _fmt_cell(v: Any) -> str:
 
 def _approx_section(env_dir: Path) -> list[str]:
     lines: list[str] = []
-    f9 = best_profile_rows(_read(env_dir, "fig9_10"), ["model", "backend", "device"])
+    f9 = best_profile_rows(_read(env_dir, "fig9_10"), ["model", "backend", "device", "weights"])
     if not f9.empty:
         rows = [
             [
@@ -707,13 +724,13 @@ def _approx_section(env_dir: Path) -> list[str]:
             ),
             "",
         ]
-    f11 = best_profile_rows(_read(env_dir, "fig11"), ["model", "backend", "device"])
+    f11 = best_profile_rows(_read(env_dir, "fig11"), ["model", "backend", "device", "weights"])
     if not f11.empty:
         sources = sorted(
             {c.get("images", "") for c in _meta(env_dir, "fig11").get("cells", {}).values()} - {""}
         )
         rows = []
-        for (model, backend), sub in f11.groupby(["model", "backend"]):
+        for (model, backend, _), sub in f11.groupby(["model", "backend", "weights"]):
             d = sub["abs_am_minus_ngm"]
             rows.append(
                 [
@@ -752,10 +769,10 @@ def _approx_section(env_dir: Path) -> list[str]:
             *[f"Images: {src}." for src in sources],
             "",
         ]
-    f16 = best_profile_rows(_read(env_dir, "fig16"), ["model", "backend", "device"])
+    f16 = best_profile_rows(_read(env_dir, "fig16"), ["model", "backend", "device", "weights"])
     if not f16.empty:
         rows = []
-        for (model, backend), sub in f16.groupby(["model", "backend"]):
+        for (model, backend, _), sub in f16.groupby(["model", "backend", "weights"]):
             at = sub.set_index("S")
             picks = [s for s in (1, 10, 100, int(at.index.max())) if s in at.index]
             rows.append(

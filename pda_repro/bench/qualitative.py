@@ -882,6 +882,17 @@ def _run_one(
     return meta, np.asarray(res.maps[0], dtype=np.float32)
 
 
+def _repo_relative(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    from pda_repro.bench.results import REPO_ROOT
+
+    try:
+        return Path(path).resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _write_figure_json(fig: FigureSpec, image_set: ImageSet, names: list[str], root: Path, seed: int) -> Path:
     """Everything the renderer needs and a reader wants to know, built from the stored data."""
     from pda_repro.bench.results import machine_metadata
@@ -937,7 +948,7 @@ def _write_figure_json(fig: FigureSpec, image_set: ImageSet, names: list[str], r
         "image_set": image_set.name,
         "model": image_set.model,
         "weights": image_set.weights,
-        "weights_file": str(image_set.weights_file) if image_set.weights_file is not None else None,
+        "weights_file": _repo_relative(image_set.weights_file),
         "weights_sha256": next((s.get("weights_sha256") for s in subjects if s.get("weights_sha256")), None),
         "notes": image_set.notes,
         "columns": list(fig.columns),
@@ -994,12 +1005,19 @@ def _caption(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fmt_prob(p: float) -> str:
+    """3 decimals; within 0.001 of 1 written as 1−ε (e.g. "1−2.3e-05") instead of "1.000"."""
+    if 0.999 < p < 1.0:
+        return f"1−{1.0 - p:.1e}"
+    return f"{p:.3f}"
+
+
 def _row_title(subject: dict[str, Any]) -> str:
     name = subject.get("explained_name", "?")
     prob = subject.get("explained_prob", float("nan"))
-    text = f"{name}  p={prob:.3f}"
+    text = f"{name}  p={_fmt_prob(prob)}"
     if subject.get("predicted") is not None and subject.get("predicted") != subject.get("explained"):
-        text += f"\n(top-1: {subject['predicted_name']} {subject['predicted_prob']:.3f})"
+        text += f"\n(top-1: {subject['predicted_name']} {_fmt_prob(subject['predicted_prob'])})"
     if subject.get("correct") is False:
         text += "  [WRONG]"
     return text

@@ -458,9 +458,9 @@ class ResultStore:
             atomic_write_json(self.json_path(experiment), doc)
         return cid
 
-    def remove_cell(self, experiment: str, key: Mapping[str, Any]) -> None:
-        """Forget one cell (used by --force before re-measuring)."""
-        cid = cell_id(key)
+    def remove_cell(self, experiment: str, key: Mapping[str, Any] | str) -> None:
+        """Forget one cell (by key or cell id): its rows and its metadata."""
+        cid = key if isinstance(key, str) else cell_id(key)
         with self._lock():
             frame = self.read(experiment)
             if not frame.empty and CELL_COLUMN in frame.columns and (frame[CELL_COLUMN] == cid).any():

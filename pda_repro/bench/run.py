@@ -10,7 +10,6 @@ Model selections:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,7 +142,3 @@ def run(request: RunRequest, command: str | None = None) -> RunReport:
         for label, why in report.not_run:
             print(f"  not run: {label}: {why}", flush=True)
     return report
-
-
-def models_in(cells: Sequence[Cell]) -> list[str]:
-    return sorted({c.model for c in cells})

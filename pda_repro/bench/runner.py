@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -329,9 +329,3 @@ class Progress:
         if self.estimates and self.done < len(self.estimates):
             self.estimates[self.done] = 0.0
         self.finish(0.0, label, skipped=True)
-
-
-def stats_dict(stats: TimingStats) -> dict[str, Any]:
-    out = asdict(stats)
-    out["times"] = list(stats.times)
-    return out
