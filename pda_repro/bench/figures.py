@@ -36,6 +36,9 @@ PAPER = {
 }
 MODEL_ORDER = ("alexnet", "vgg16", "googlenet", "mnist", "efficientnet_lite0")
 BACKEND_COLOURS = {"caffe": "#4c72b0", "torch": "#dd8452"}
+# Both backends run the same net on the same samples, so their curves coincide: caffe thick, torch dashed.
+BACKEND_WIDTH = {"caffe": 2.6, "torch": 1.1}
+BACKEND_DASH = {"caffe": "-", "torch": "--"}
 PART_ALPHA = {"forward": 1.0, "sampling": 0.55, "other": 0.25}
 
 __all__ = ["render_all", "write_readme"]
@@ -349,7 +352,8 @@ def plot_fig9_10(
                     values,
                     bins=60,
                     histtype="step",
-                    linewidth=1.2,
+                    linewidth=BACKEND_WIDTH.get(backend, 1.2),
+                    linestyle=BACKEND_DASH.get(backend, "-"),
                     color=BACKEND_COLOURS.get(backend),
                     label=f"{backend} ({values.size} neurons)",
                 )
@@ -391,7 +395,8 @@ def plot_fig11(
             rows["abs_am_minus_ngm"],
             bins=bins,
             histtype="step",
-            linewidth=1.4,
+            linewidth=BACKEND_WIDTH.get(backend, 1.2),
+            linestyle=BACKEND_DASH.get(backend, "-"),
             color=BACKEND_COLOURS.get(backend),
             label=f"{backend}: {len(rows)} images, median {rows['abs_am_minus_ngm'].median():.2g}",
         )
@@ -426,15 +431,21 @@ def plot_fig16(
     for backend, rows in sub.groupby("backend"):
         rows = rows.sort_values("S")
         colour = BACKEND_COLOURS.get(backend)
+        width = BACKEND_WIDTH.get(backend, 1.2)
         ax.plot(
-            rows["S"], rows["abs_diff_run0"], color=colour, linewidth=1.0, label=f"{backend}: one sequence"
+            rows["S"],
+            rows["abs_diff_run0"],
+            color=colour,
+            linewidth=width,
+            linestyle=BACKEND_DASH.get(backend, "-"),
+            label=f"{backend}: one sequence",
         )
         ax.plot(
             rows["S"],
             rows["abs_diff_median"],
             color=colour,
-            linewidth=1.0,
-            linestyle="--",
+            linewidth=width / 2,
+            linestyle=":",
             label=f"{backend}: median of {int(rows['repeats'].iloc[0])} sequences",
         )
         ax.fill_between(rows["S"], rows["abs_diff_q1"], rows["abs_diff_q3"], color=colour, alpha=0.15)
@@ -505,8 +516,11 @@ def _render_qualitative(root: Path, notes: list[str]) -> list[Path]:
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    def cell(c: Any) -> str:
+        return str(c).replace("|", "\\|")  # a pipe inside a cell would split it
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -715,9 +729,9 @@ def _approx_section(env_dir: Path) -> list[str]:
                     "backend",
                     "layer",
                     "neurons",
-                    "median |mean|",
+                    "median abs(mean)",
                     "median std",
-                    "fraction std < |mean|",
+                    "fraction std < abs(mean)",
                     "weights",
                 ],
                 rows,
