@@ -11,7 +11,7 @@ FORCE ?=
 BENCH_ARGS = --model $(MODEL) --backend $(BACKEND) --device $(DEVICE) --batch $(BATCH) --profile $(PROFILE) \
 	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(FORCE),--force)
 
-.PHONY: setup test unit regress benchmark bench-sampler figures train-mnist convert-efficientnet prototxts lint clean help
+.PHONY: setup test unit regress benchmark bench-sampler figures figures-data train-mnist convert-efficientnet prototxts lint clean help
 
 help:
 	@echo "make setup | test | benchmark [MODEL= BACKEND= DEVICE= BATCH= PROFILE= WEIGHTS=] | figures | regress | train-mnist | lint"
@@ -38,6 +38,10 @@ bench-sampler: setup
 
 figures: setup
 	$(PY) -m pda_repro.cli figures
+
+# Recompute the qualitative figures' maps (about 20 min CPU); `make figures` re-renders them from results/.
+figures-data: setup
+	OMP_NUM_THREADS=1 $(PY) -m pda_repro.bench.qualitative compute
 
 train-mnist: setup
 	$(PY) -m pda_repro.train.mnist

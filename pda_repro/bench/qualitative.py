@@ -29,10 +29,12 @@ CPU seconds). A run whose file exists with the same request is skipped (resume p
 --force recomputes. Every file is written atomically (temp file + os.replace).
 
 Why a stride > 1 on EfficientNet-Lite0: a stride-1 PDA map of a 224×224 photo is 215² windows × S=10 =
-462,250 forward passes. Measured on this project's shared 2-core CPU: ~25 ms CPU per image (torch
-backend, batch 4, 1 thread), i.e. ~3.2 h CPU per photo for PDA alone. Figures 14/15/19 and the
-occlusion baseline therefore use stride 10 (= k: non-overlapping windows, 22×22 = 484 per photo) for
-every method, and Fig 18 (efficient PDA only, 10× cheaper) stride 5; the whole compute is ~17 min CPU.
+462,250 forward passes. Measured on this project's shared 2-core CPU (AMD EPYC, torch backend, 1 thread):
+25 ms CPU per image for a forward batch of 4, 33 ms per image in the PDA loop (sampling included), i.e.
+~4 h CPU per photo for PDA alone. Figures 14/15/19 and the occlusion baseline therefore use stride 10
+(= k: non-overlapping windows, 22×22 = 484 per photo) for every method, and Fig 18 (efficient PDA only,
+10× cheaper) stride 5. The whole compute took 1,205 s CPU (2,440 s wall on the shared machine): PDA
+~160 s CPU per photo, each other window method ~15 s, Fig 18 ~56 s per image, MNIST 10 s in all.
 The stride and this reason are written on every figure and in its JSON.
 """
 
@@ -82,8 +84,8 @@ PHOTO_CLASSES = {"coffee": 967, "orange": 950, "squirrel_cls": 335, "baboon": 37
 INVARIANCE_PHOTO = "baboon"
 
 MEASURED_FORWARD = (
-    "~25 ms CPU per image (torch backend, batch 4, 1 thread; measured on the shared 2-core "
-    "AMD EPYC CPU this project runs on)"
+    "~25-33 ms CPU per image (forward batch of 4 / PDA loop with sampling; torch backend, 1 thread, "
+    "measured on the shared 2-core AMD EPYC CPU this project runs on)"
 )
 
 UNITS_SHORT = {
@@ -279,13 +281,13 @@ def _invariance_subjects(spec: Any, settings: Settings) -> list[Subject]:
     rgb = read_rgb(path)
     a = settings.invariance_angle
     variants = [
-        ("original", original, f"{name}, as preprocessed (resize 256, centre crop 224)"),
+        ("original", original, "original (resize 256, crop 224)"),
         (f"rotated_{a:+g}", rotate_and_crop(rgb, a, (h, w), spec.interpolation), f"rotated {a:+g}°"),
         ("flipped", np.ascontiguousarray(original[:, ::-1]), "flipped left-right"),
         (
             "cropped",
             crop_fraction(rgb, settings.invariance_crop, (h, w), spec.interpolation),
-            f"cropped to {settings.invariance_crop} (left, top, right, bottom fractions)",
+            "cropped (x {:g}-{:g}, y {:g}-{:g})".format(*np.asarray(settings.invariance_crop)[[0, 2, 1, 3]]),
         ),
         (f"rotated_{-a:+g}", rotate_and_crop(rgb, -a, (h, w), spec.interpolation), f"rotated {-a:+g}°"),
     ]
@@ -383,7 +385,7 @@ def default_setup(settings: Settings | None = None) -> Setup:
     stride_reason = (
         f"stride {st}{tiling} for every method of the figure: stride 1 would be "
         f"{(224 - k + 1) ** 2 * S:,} forward passes per photo for PDA; at {MEASURED_FORWARD} that is "
-        f"~{(224 - k + 1) ** 2 * S * 0.025 / 3600:.1f} h CPU per photo. The last {(224 - k) % st} pixel "
+        f"~{(224 - k + 1) ** 2 * S * 0.033 / 3600:.1f} h CPU per photo. The last {(224 - k) % st} pixel "
         "rows/columns are covered by no window (grey in the maps)."
     )
     effnet_words = "EfficientNet-Lite0 converted to Caffe (torch backend, CPU)"
@@ -799,6 +801,7 @@ def _subject_info(
             if (
                 data["meta"].get("input") == digest
                 and data["meta"].get("weights_sha256") == lazy.weights_sha256
+                and data["meta"].get("note") == subject.note
             ):
                 return data["meta"]
         except (OSError, ValueError, KeyError):
@@ -1087,7 +1090,7 @@ def _render_figure(doc: dict[str, Any], root: Path, out: Path) -> Path:
         ax = fig.add_subplot(gs[r, 0])
         ax.imshow(display, interpolation="nearest")
         ax.set_title(_row_title(subject), fontsize=8)
-        ax.set_ylabel(subject.get("note", subject["name"])[:40], fontsize=6)
+        ax.set_ylabel(_wrap(subject.get("note") or subject["name"], 34), fontsize=6)
         ax.set_xticks([])
         ax.set_yticks([])
         col = 1

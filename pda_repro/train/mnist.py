@@ -217,9 +217,9 @@ def train(
 
     progress: True for a tqdm bar, False for none, or a callback(iteration, max_iter, message)."""
     caffe = import_caffe()
+    from caffe.proto import caffe_pb2 as pb  # noqa: PLC0415  (also when aliased to ours in sys.modules)
     from google.protobuf import text_format  # noqa: PLC0415
 
-    pb = caffe.proto.caffe_pb2
     run_dir = Path(run_dir) if run_dir is not None else data.cache_dir() / "mnist-train-run"
     run_dir.mkdir(parents=True, exist_ok=True)
     images, labels = data.mnist("train")
