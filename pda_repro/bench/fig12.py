@@ -9,9 +9,9 @@ Profiles: ``paper`` runs every window of the image. ``quick`` runs an evenly spr
 windows (``explain(window_subset=n)``: n = ``QUICK_BATCHES`` full forward batches' worth for each method,
 e.g. 48 windows for PDA and 480 for efficient PDA at batch 160) and extrapolates each time linearly to all
 windows: t_all = t_subset × windows_total / windows_evaluated. Every extrapolated row says so:
-``extrapolated`` is True and ``extrapolated_from_windows`` holds n. Where running every window is expected
-to take under ``FULL_IF_UNDER_SECONDS`` (mnist), the quick profile runs them all and nothing is
-extrapolated. Efficient PDA runs before PDA, and one untimed forward batch warms the backend up first.
+``extrapolated`` is True and ``extrapolated_from_windows`` holds n. Where every window needs at most
+``FULL_IF_AT_MOST_IMAGES`` forward images (mnist: 361 windows), the quick profile runs them all and nothing
+is extrapolated. Efficient PDA runs before PDA, and one untimed forward batch warms the backend up first.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pda_repro.bench.plan import Cell, net_or_skip
 WINDOW, OUTER, SAMPLES, STRIDE = 10, 18, 10, 1
 METHODS = ("epda", "pda")  # efficient PDA first: the cheaper result is in even if a run is cut short
 QUICK_BATCHES = 3
-FULL_IF_UNDER_SECONDS = 60.0  # the quick profile runs every window when that is expected to take less
+FULL_IF_AT_MOST_IMAGES = 20_000  # the quick profile runs every window when that forwards at most this many
 PAPER_SPEEDUP = 10.0
 
 DESCRIPTION = (
@@ -201,9 +201,8 @@ def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> 
                 total = _windows_total(ctx, model)
                 per_window = SAMPLES if method == "pda" else 1
                 spb = ctx.seconds_per_batch(model, backend_name)
-                full_cost = math.ceil(total * per_window / ctx.batch) * spb
                 subset = None
-                if ctx.profile == "quick" and full_cost > FULL_IF_UNDER_SECONDS:
+                if ctx.profile == "quick" and total * per_window > FULL_IF_AT_MOST_IMAGES:
                     subset = quick_windows(method, SAMPLES, ctx.batch)
                 n = total if subset is None else min(subset, total)
                 batches = math.ceil(n * per_window / ctx.batch) + 1

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -59,16 +58,10 @@ __all__ = [
 
 
 def _caffe_pb2():
-    """caffe_pb2, shared with pycaffe: pycaffe's module when it is loaded, else ours (registered under
-    pycaffe's name, so that a later `import caffe` reuses it instead of registering caffe.proto twice,
-    which protobuf rejects)."""
-    module = sys.modules.get("caffe.proto.caffe_pb2")
-    if module is None:
-        from pda_repro.proto import caffe_pb2  # noqa: PLC0415
+    """caffe_pb2 (pycaffe's module when it is loaded; see pda_repro/_generated/caffe_pb2.py)."""
+    from pda_repro.proto import caffe_pb2  # noqa: PLC0415
 
-        module = caffe_pb2()
-        sys.modules.setdefault("caffe.proto.caffe_pb2", module)
-    return module
+    return caffe_pb2()
 
 
 def load_original(weights_path: str | Path | None = None):

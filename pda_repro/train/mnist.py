@@ -34,7 +34,6 @@ import os
 import platform
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -72,9 +71,6 @@ def import_caffe():
     """pycaffe in CPU mode, quiet glog, one OpenBLAS thread (when caffe is not imported yet)."""
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    if "caffe.proto.caffe_pb2" not in sys.modules and "pda_repro._generated.caffe_pb2" in sys.modules:
-        # Share the already loaded caffe_pb2: protobuf refuses to register caffe.proto twice.
-        sys.modules["caffe.proto.caffe_pb2"] = sys.modules["pda_repro._generated.caffe_pb2"]
     try:
         import caffe  # noqa: PLC0415
     except ImportError as exc:
@@ -217,7 +213,7 @@ def train(
 
     progress: True for a tqdm bar, False for none, or a callback(iteration, max_iter, message)."""
     caffe = import_caffe()
-    from caffe.proto import caffe_pb2 as pb  # noqa: PLC0415  (also when aliased to ours in sys.modules)
+    from caffe.proto import caffe_pb2 as pb  # noqa: PLC0415
     from google.protobuf import text_format  # noqa: PLC0415
 
     run_dir = Path(run_dir) if run_dir is not None else data.cache_dir() / "mnist-train-run"
