@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from pda_repro.backends.base import Backend
-from pda_repro.methods.base import RunContext, check_positive_int
+from pda_repro.methods.base import RunContext
+from pda_repro.methods.pda import PDA
 from pda_repro.methods.windows import (
     WindowImputation,
     WindowMethod,
@@ -95,31 +96,13 @@ class EfficientPDA(WindowMethod):
         return MeanImputation(self.sampler)
 
 
-class SampledEfficientPDA(EfficientPDA):
-    """Fig. 15: efficient PDA with the conditional mean replaced by the mean of S samples."""
+class SampledEfficientPDA(PDA):
+    """Fig. 15: efficient PDA with the conditional mean replaced by the mean of S samples.
+
+    The same arguments as PDA (Algorithm 1); only the imputation differs: one evaluation per window at
+    the empirical mean of the S samples instead of S evaluations."""
 
     name = "epda_sampled"
-    uses = frozenset({"window", "outer", "samples", "stride", "sampler"})
-    needs_rng = True
-
-    def __init__(
-        self,
-        window: int = 10,
-        outer: int = 18,
-        samples: int = 10,
-        stride: int = 1,
-        sampler: Any = None,
-        train_size: int | None = None,
-    ) -> None:
-        super().__init__(window=window, outer=outer, stride=stride, sampler=sampler, train_size=train_size)
-        self.samples = samples
-
-    def validate(self, net: Backend, image: np.ndarray) -> None:
-        super().validate(net, image)
-        self.samples = check_positive_int("samples", self.samples)
-
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "samples": self.samples}
 
     def imputation(self, ctx: RunContext) -> WindowImputation:
         return EmpiricalMeanImputation(self.sampler, self.samples)
