@@ -79,7 +79,13 @@ def run_cells(ctx: BenchContext, cells: Sequence[Cell], show_progress: bool = Tr
                 meta = ctx.cell_meta(**extra)
                 ctx.store.write_cell(cell.experiment, cell.key, rows, meta, cell.description, cell.columns)
                 report.written.append(cell.label)
-        if all(later.model != cell.model for later in cells[i + 1 :]):
+        later = cells[i + 1 :]
+        backend = cell.key.get("backend")
+        if all(c.model != cell.model for c in later):
             ctx.release(cell.model)
+        elif backend is not None and all(
+            c.model != cell.model or c.key.get("backend") != backend for c in later
+        ):
+            ctx.release(cell.model, backend)
     report.seconds = time.monotonic() - start
     return report

@@ -88,7 +88,8 @@ def parse_models(text: str) -> list[str] | None:
 def plan_cells(
     ctx: BenchContext, models: list[str] | None, backends: list[str], experiments: list[str]
 ) -> list[Cell]:
-    """Cells grouped by model (each model's backends are loaded once), Table 1 first (it calibrates the ETA)."""
+    """Cells grouped by model, then backend (each net is loaded once and freed after its last cell), Table 1
+    first (it calibrates the ETA)."""
     order: list[str] = []
     for exp in experiments:
         for m in DEFAULT_PLAN[exp] if models is None else models:
@@ -96,10 +97,11 @@ def plan_cells(
                 order.append(m)
     cells: list[Cell] = []
     for model in order:
-        for exp in experiments:
-            if models is None and model not in DEFAULT_PLAN[exp]:
-                continue
-            cells.extend(_CELL_BUILDERS[exp](ctx, [model], backends))
+        for backend in backends:
+            for exp in experiments:
+                if models is None and model not in DEFAULT_PLAN[exp]:
+                    continue
+                cells.extend(_CELL_BUILDERS[exp](ctx, [model], [backend]))
     return cells
 
 
