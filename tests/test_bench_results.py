@@ -245,3 +245,29 @@ def test_context_rng_streams_are_reproducible_and_distinct(tmp_path):
     c = ctx.rng("fig11", "mnist", 4).integers(0, 2**31, 4)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_backends_are_freed_after_their_last_cell(tmp_path):
+    ctx = _ctx(tmp_path)
+    released: list[tuple] = []
+    ctx.release = lambda model=None, backend=None: released.append((model, backend))  # type: ignore[method-assign]
+
+    def cell(model, backend, exp):
+        return Cell(
+            exp,
+            {"model": model, "backend": backend},
+            f"{exp} {model}/{backend}",
+            1.0,
+            lambda: ([{"v": 1}], {}),
+            model,
+        )
+
+    cells = [
+        cell("vgg16", "caffe", "t1"),
+        cell("vgg16", "caffe", "f12"),
+        cell("vgg16", "torch", "t1"),
+        cell("vgg16", "torch", "f12"),
+        cell("mnist", "caffe", "t1"),
+    ]
+    run_cells(ctx, cells, show_progress=False)
+    assert released == [("vgg16", "caffe"), ("vgg16", None), ("mnist", None)]
