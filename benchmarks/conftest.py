@@ -46,3 +46,13 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     from pda_repro.bench.results import env_name, machine_metadata
 
     output_json["pda_repro"] = {"env": env_name("cpu"), **machine_metadata()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads_per_library():
+    """One thread per library (PDA_BENCH_THREADS, 0 = library defaults), as `pda-repro benchmark run`."""
+    from pda_repro.bench.runner import limit_threads
+
+    n = int(os.environ.get("PDA_BENCH_THREADS", "1"))
+    limit_threads(n or None)
+    yield

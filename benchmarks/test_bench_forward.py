@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -16,6 +18,9 @@ def loaded(model_backend, batch, bench_rng):
         net = load_backend(model, backend=backend, device="cpu", batch=batch)
     except ImportError as exc:
         pytest.skip(f"{backend} backend not available: {exc}")
+    from pda_repro.bench.runner import limit_threads
+
+    limit_threads(int(os.environ.get("PDA_BENCH_THREADS", "1")) or None)  # pycaffe's OpenBLAS loads with it
     x = random_input((batch, *net.input_shape), zoo.get(model), bench_rng)
     return model, backend, net, x
 

@@ -284,6 +284,8 @@ def test_run_arguments_are_checked():
     from pda_repro.bench.run import parse_backends, parse_experiments, parse_models
 
     assert parse_experiments("fig12,table1") == ["table1", "fig12"]
+    assert parse_experiments("fig9_10,table1") == ["table1", "fig9_10"]
+    assert parse_experiments("approx,fig11") == ["approx"]
     with pytest.raises(ValueError, match="unknown experiment"):
         parse_experiments("fig13")
     assert parse_backends("all") == ["caffe", "torch"]

@@ -325,5 +325,5 @@ def test_one_figure_per_set_of_weights(results):
     key = {"model": "mnist", "backend": "torch", "device": "cpu", "weights": official, "profile": "paper"}
     store.write_cell("fig11", key, [{**r, "weights": official} for r in rows], _meta())
     names = {p.name for p in FG.render_all(results).figures}
-    assert f"fig11_mnist_bvlc_mnist-abcdef12_{ENV}.png" in names
-    assert f"fig11_mnist_mnist-12345678_{ENV}.png" in names
+    assert f"fig11_mnist_bvlc_mnist_abcdef12_{ENV}.png" in names
+    assert f"fig11_mnist_mnist_12345678_{ENV}.png" in names

@@ -120,3 +120,20 @@ def test_missing_backend_in_ci_fails(tmp_path, fake_measure, monkeypatch):
     lines: list[str] = []
     assert G.run_regress(tmp_path, say=lines.append) == 1
     assert "does not load in CI" in lines[-1]
+
+
+def test_per_family_tolerances_are_stored_and_used(tmp_path, fake_measure):
+    assert G.tolerance_for("epda_over_pda/alexnet/caffe") == 1.5
+    assert G.tolerance_for("torch_over_caffe_forward/mnist") == 2.0
+    assert G.tolerance_for("epda_over_pda/mnist/torch", override=3.0) == 3.0
+    G.run_regress(tmp_path, update_baseline=True, say=lambda s: None)
+    doc = json.loads((tmp_path / "cpu-test-2c" / G.BASELINE_NAME).read_text())
+    assert doc["tolerance"] == {"epda_over_pda/mnist/torch": 1.5, "torch_over_caffe_forward/mnist": 2.0}
+    fake_measure["ratios"]["epda_over_pda/mnist/torch"] = 0.16  # 1.6x: beyond 1.5x
+    fake_measure["ratios"]["torch_over_caffe_forward/mnist"] = 1.6  # 1.6x: within 2x
+    lines: list[str] = []
+    assert G.run_regress(tmp_path, say=lines.append) == 1
+    assert [line.split()[1].rstrip(":") for line in lines if "FAIL" in line and "/" in line] == [
+        "epda_over_pda/mnist/torch"
+    ]
+    assert G.run_regress(tmp_path, tolerance=2.0, say=lambda s: None) == 0  # an explicit factor for all

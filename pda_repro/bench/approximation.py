@@ -30,6 +30,7 @@ import numpy as np
 from pda_repro.bench.common import BenchContext
 from pda_repro.bench.inputs import distinct_images, is_mnist_like, timing_image
 from pda_repro.bench.plan import Cell, CellSkipped, net_or_skip
+from pda_repro.bench.results import atomic_save_npz, weights_slug
 
 # Layers whose outputs (before the ReLU that follows, where one does) Figs 9/10 show. Caffe's ReLUs run
 # in place, so the backends name the value right after layer L wrote blob B as "B@L" (before the ReLU).
@@ -150,7 +151,7 @@ def run_fig9_10(ctx: BenchContext, model: str, backend_name: str) -> tuple[list[
     arrays: dict[str, np.ndarray] = {}
     rows = []
     _, weights = ctx.weights_for(model)
-    npz_rel = f"fig9_10/{model}_{backend_name}_{ctx.device}.npz"
+    npz_rel = f"fig9_10/{model}_{backend_name}_{ctx.device}_{ctx.profile}_{weights_slug(weights)}.npz"
     for layer in layers:
         mean, std = neuron_statistics(blobs[pre_relu_blob(layer)])
         safe = layer.replace("/", "_")
@@ -170,8 +171,6 @@ def run_fig9_10(ctx: BenchContext, model: str, backend_name: str) -> tuple[list[
                 "data_file": npz_rel,
             }
         )
-    from pda_repro.bench.results import atomic_save_npz
-
     atomic_save_npz(
         ctx.store.dir / npz_rel,
         layers=np.array(list(layers)),
@@ -345,9 +344,14 @@ DESCRIPTIONS = {
 RUNNERS = {"fig9_10": run_fig9_10, "fig11": run_fig11, "fig16": run_fig16}
 
 
-def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> list[Cell]:
+def cells(
+    ctx: BenchContext,
+    models: Sequence[str],
+    backends: Sequence[str],
+    figures: Sequence[str] = ("fig9_10", "fig11", "fig16"),
+) -> list[Cell]:
     """Figs 9/10 for every model with FC layers listed (random weights labelled); Figs 11/16 for models
-    with trained weights only."""
+    with trained weights only; ``figures`` picks which of the three."""
     out = []
     for model in models:
         spec = ctx.spec(model)
@@ -365,6 +369,8 @@ def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> 
                 n16 = setting.repeats * setting.s_max + 2
                 plan.append(("fig16", n16 / ctx.batch * spb * 1.3 + 5.0))
             for experiment, estimate in plan:
+                if experiment not in figures:
+                    continue
                 key = {
                     "model": model,
                     "backend": backend_name,

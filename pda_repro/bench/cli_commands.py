@@ -108,7 +108,10 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
     )
     reg.add_argument("--update-baseline", action="store_true", help="store this run's ratios as the baseline")
     reg.add_argument(
-        "--tolerance", type=_factor, default=2.0, help="allowed factor (stored with --update-baseline)"
+        "--tolerance",
+        type=_factor,
+        default=None,
+        help="allowed factor for every ratio (default: the stored ones — 1.5 for efficient/PDA, 2 for the others)",
     )
     reg.add_argument("--results", default=str(RESULTS_DIR), help="results directory")
 

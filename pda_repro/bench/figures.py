@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pda_repro.bench.results import RESULTS_DIR, atomic_write_bytes, atomic_write_text, envs
+from pda_repro.bench.results import RESULTS_DIR, atomic_write_bytes, atomic_write_text, envs, weights_slug
 
 PAPER = {
     "table1_ms": {"alexnet": 342.0, "vgg16": 3301.0, "googlenet": 634.0},
@@ -84,11 +84,7 @@ def _models_sorted(names: Sequence[str]) -> list[str]:
 
 
 def _weights_slug(weights: str) -> str:
-    """'bvlc_alexnet.caffemodel (sha256 1234abcd)' -> 'bvlc_alexnet-1234abcd'; random -> 'random'."""
-    if _random_weights(weights):
-        return "random"
-    name, _, rest = str(weights).partition(" (sha256 ")
-    return "-".join(p for p in (Path(name).stem, rest.rstrip(")")) if p).replace(" ", "-")
+    return weights_slug(weights)
 
 
 def _random_weights(weights: str) -> bool:

@@ -14,10 +14,12 @@ and compares each with the ratio stored for the same configuration in results/<e
 than the stored one by more than its tolerance factor: larger for the first two ("lower is better"); for
 torch/caffe either way, since a slowdown of either backend is a regression of our code.
 
-Tolerance: 2× by default. The ratios are taken on a 2-core machine shared with other jobs, from
-a few batches each; repeated runs here vary by up to ~±30 % (see the baseline's "observed_spread"), and a
-real regression worth catching (efficient PDA losing its S-fold advantage, the sampler falling back to
-per-window factorisation, a backend copying every batch twice) moves a ratio by far more than 2×.
+Tolerances (``TOLERANCES``): 1.5× for efficient/PDA — structural (≈ 1/S, the same backend on both sides)
+and within ±5 % over five runs here; 2× for the sampler and torch/caffe ratios, which depend on the BLAS and
+CPU of the machine that runs CI (the baseline may come from another env). All measurements run with one
+thread per library: on a shared 2-core machine multi-threaded pools make timings meaningless. A real
+regression worth catching (efficient PDA losing its S-fold advantage, the sampler falling back to
+per-window factorisation, a backend copying every batch twice) moves a ratio by more than that.
 """
 
 from __future__ import annotations
@@ -40,6 +42,18 @@ from pda_repro.bench.results import REPO_ROOT, RESULTS_DIR, atomic_write_json, e
 
 BASELINE_NAME = "regress_baseline.json"
 DEFAULT_TOLERANCE = 2.0
+# efficient/PDA is structural (≈ 1/S, the same backend on both sides): observed within ±5 % over five runs
+# here, so 1.5× already means efficient PDA lost a third of its advantage. The sampler and torch/caffe
+# ratios depend on the BLAS/CPU pairing of the machine that runs CI: 2×.
+TOLERANCES = {"epda_over_pda": 1.5, "vectorised_over_reference_sampler": 2.0, "torch_over_caffe_forward": 2.0}
+
+
+def tolerance_for(name: str, override: float | None = None) -> float:
+    """The allowed factor for ratio ``name`` (its family's default, or ``override`` for every ratio)."""
+    if override is not None:
+        return float(override)
+    return TOLERANCES.get(name.split("/")[0], DEFAULT_TOLERANCE)
+
 
 CONFIG: dict[str, Any] = {
     "version": 1,
@@ -324,7 +338,7 @@ def measure(
 def run_regress(
     results_dir: str | Path = RESULTS_DIR,
     update_baseline: bool = False,
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float | None = None,
     say: Callable[[str], None] = print,
     command: str | None = None,
 ) -> int:
@@ -358,7 +372,7 @@ def run_regress(
             "config_hash": chash,
             "env": env,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "tolerance": {name: tolerance for name in m.ratios},
+            "tolerance": {name: tolerance_for(name, tolerance) for name in m.ratios},
             "ratios": {name: float(np.median([r[name] for r in runs if name in r])) for name in m.ratios},
             "observed_spread": spread,
             "runs": runs,
@@ -386,7 +400,14 @@ def run_regress(
             if name.endswith(f"/{model}/{backend}") or (name == f"torch_over_caffe_forward/{model}"):
                 say(f"  (skipped {name}: {missing})")
                 del baseline[name]
-    checks = compare(m.ratios, baseline, doc.get("tolerance", tolerance))
+    stored = doc.get("tolerance", {})
+    tolerances = {
+        name: tolerance_for(name, tolerance)
+        if tolerance is not None
+        else stored.get(name, tolerance_for(name))
+        for name in set(m.ratios) | set(baseline)
+    }
+    checks = compare(m.ratios, baseline, tolerances)
     for c in checks:
         say("  " + c.message)
     failed = [c for c in checks if not c.ok]

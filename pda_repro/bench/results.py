@@ -56,6 +56,7 @@ __all__ = [
     "machine_metadata",
     "slug",
     "weights_label",
+    "weights_slug",
 ]
 
 
@@ -133,6 +134,15 @@ def weights_label(weights: str | Path | None, default_note: str | None = None) -
     if not path.is_file():
         raise ValueError(f"weights file {str(path)!r} does not exist")
     return f"{path.name} (sha256 {file_sha256(path)[:8]})"
+
+
+def weights_slug(label: str) -> str:
+    """A file-name-safe tag of a weights label: 'bvlc_alexnet.caffemodel (sha256 1234abcd)' ->
+    'bvlc_alexnet-1234abcd'; any random-weights label -> 'random'."""
+    if str(label).startswith("random"):
+        return "random"
+    name, _, rest = str(label).partition(" (sha256 ")
+    return slug("-".join(p for p in (Path(name).stem, rest.rstrip(")")) if p)).replace("-", "_")
 
 
 def file_sha256(path: Path) -> str:

@@ -19,13 +19,22 @@ from pda_repro.bench.plan import Cell, RunReport, run_cells
 from pda_repro.bench.results import RESULTS_DIR, ResultStore, env_name
 
 EXPERIMENTS = ("table1", "fig12", "approx")
+APPROX_FIGURES = ("fig9_10", "fig11", "fig16")  # what "approx" stands for; each may also be named alone
 # What `--model default` runs: experiment -> models.
 DEFAULT_PLAN: dict[str, tuple[str, ...]] = {
     "table1": ("mnist", "alexnet"),
     "fig12": ("mnist", "alexnet"),
     "approx": ("mnist", "alexnet"),
 }
-_CELL_BUILDERS = {"table1": table1.cells, "fig12": fig12.cells, "approx": approximation.cells}
+
+
+def _builder(experiment: str):
+    if experiment == "table1":
+        return table1.cells
+    if experiment == "fig12":
+        return fig12.cells
+    figures = APPROX_FIGURES if experiment == "approx" else (experiment,)
+    return lambda ctx, models, backends: approximation.cells(ctx, models, backends, figures)
 
 
 @dataclass(frozen=True)
@@ -46,16 +55,20 @@ class RunRequest:
 
 
 def parse_experiments(text: str) -> list[str]:
-    """'table1,fig12' -> ['table1', 'fig12']; 'all' -> every experiment; unknown names are an error."""
+    """'table1,fig12' -> ['table1', 'fig12']; 'all' -> every experiment; 'approx' = Figs 9/10, 11 and 16,
+    which can also be named one by one (fig9_10, fig11, fig16); unknown names are an error."""
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names or names == ["all"]:
         return list(EXPERIMENTS)
-    bad = [n for n in names if n not in EXPERIMENTS]
+    known = EXPERIMENTS + APPROX_FIGURES
+    bad = [n for n in names if n not in known]
     if bad:
         raise ValueError(
-            f"unknown experiment(s) {', '.join(bad)}; expected some of {', '.join(EXPERIMENTS)} or all"
+            f"unknown experiment(s) {', '.join(bad)}; expected some of {', '.join(known)} or all"
         )
-    return [e for e in EXPERIMENTS if e in names]
+    if "approx" in names:
+        names = [n for n in names if n not in APPROX_FIGURES]
+    return [e for e in known if e in names]
 
 
 def parse_backends(text: str) -> list[str]:
@@ -85,6 +98,10 @@ def parse_models(text: str) -> list[str] | None:
     return names
 
 
+def _plan_name(experiment: str) -> str:
+    return "approx" if experiment in APPROX_FIGURES else experiment
+
+
 def plan_cells(
     ctx: BenchContext, models: list[str] | None, backends: list[str], experiments: list[str]
 ) -> list[Cell]:
@@ -92,16 +109,16 @@ def plan_cells(
     first (it calibrates the ETA)."""
     order: list[str] = []
     for exp in experiments:
-        for m in DEFAULT_PLAN[exp] if models is None else models:
+        for m in DEFAULT_PLAN[_plan_name(exp)] if models is None else models:
             if m not in order:
                 order.append(m)
     cells: list[Cell] = []
     for model in order:
         for backend in backends:
             for exp in experiments:
-                if models is None and model not in DEFAULT_PLAN[exp]:
+                if models is None and model not in DEFAULT_PLAN[_plan_name(exp)]:
                     continue
-                cells.extend(_CELL_BUILDERS[exp](ctx, [model], [backend]))
+                cells.extend(_builder(exp)(ctx, [model], [backend]))
     return cells
 
 
