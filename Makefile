@@ -8,10 +8,13 @@ BATCH ?= 160
 PROFILE ?= quick
 WEIGHTS ?=
 FORCE ?=
+THREADS ?=
+EXPERIMENTS ?=
 BENCH_ARGS = --model $(MODEL) --backend $(BACKEND) --device $(DEVICE) --batch $(BATCH) --profile $(PROFILE) \
-	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(FORCE),--force)
+	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(FORCE),--force) \
+	$(if $(THREADS),--threads $(THREADS)) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS))
 
-.PHONY: setup test unit regress benchmark bench-sampler figures figures-data train-mnist convert-efficientnet prototxts lint clean help
+.PHONY: setup test unit regress benchmark microbench bench-sampler figures figures-data train-mnist convert-efficientnet prototxts lint clean help
 
 help:
 	@echo "make setup | test | benchmark [MODEL= BACKEND= DEVICE= BATCH= PROFILE= WEIGHTS=] | figures | regress | train-mnist | lint"
@@ -32,6 +35,9 @@ regress: setup
 
 benchmark: setup
 	$(PY) -m pda_repro.cli benchmark run $(BENCH_ARGS)
+
+microbench: setup
+	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-json results/$$($(PY) -c 'from pda_repro.bench.results import env_name; print(env_name())')/pytest-benchmark.json
 
 bench-sampler: setup
 	$(PY) benchmarks/bench_sampler.py

@@ -167,8 +167,10 @@ def run_figures(args: argparse.Namespace) -> int:
     from pda_repro.bench.figures import render_all
 
     done = render_all(args.results, readme=not args.no_readme)
-    for path in done.figures:
+    for path in [*done.figures, *done.qualitative]:
         print(path)
+    for note in done.notes:
+        print(f"figures: not drawn: {note}")
     if done.readme is not None:
         print(done.readme)
     if not done.figures:

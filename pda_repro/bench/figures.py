@@ -408,7 +408,7 @@ def plot_fig11(
         fontsize=8,
     )
     if source:
-        fig.text(0.01, -0.04, f"images: {source}", fontsize=7, wrap=True)
+        fig.text(0.01, -0.03, f"images: {source}", fontsize=7, wrap=True, va="top")
     ax.legend(fontsize=7)
     return _save(fig, out / f"fig11_{stem or model}_{env_dir.name}.png")
 
