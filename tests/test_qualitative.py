@@ -209,6 +209,45 @@ def test_render_reads_only_data(tiny_setup: q.Setup, tmp_path: Path, monkeypatch
     assert len(notes) == 1 and notes[0].startswith("figA_tiny")
 
 
+def test_subjects_share_out_the_work_and_a_full_run_writes_the_json(
+    tiny_setup: q.Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes (--subjects img0 / img1) compute disjoint maps and no JSON; a run without
+    --subjects then computes nothing and writes the figure JSONs."""
+    report = _compute(tiny_setup, tmp_path, only=["figA"], subjects=["img1"])
+    assert sorted(report.computed) == ["tiny/img1/epda", "tiny/img1/pda"] and not report.json_files
+    assert not (tmp_path / "qualitative" / "tiny" / "img0" / "pda.npz").exists()
+    assert not (tmp_path / "qualitative" / "figA_tiny.json").exists()
+    report = _compute(tiny_setup, tmp_path, only=["figA"], subjects=["img0"])
+    assert sorted(report.computed) == ["tiny/img0/epda", "tiny/img0/pda"]
+    _forbid(monkeypatch, "explain")
+    report = _compute(tiny_setup, tmp_path, only=["figA"])
+    assert not report.computed and len(report.skipped) == 4
+    doc = json.loads((tmp_path / "qualitative" / "figA_tiny.json").read_text())
+    assert doc["complete"] and [s["name"] for s in doc["subjects"]] == ["img0", "img1"]
+    with pytest.raises(ValueError, match=r"unknown subject\(s\) \['img7'\].*img0, img1"):
+        _compute(tiny_setup, tmp_path, subjects=["img0", "img7"])
+
+
+def test_figure_notes_override_the_image_set_notes(tiny_setup: q.Setup, tmp_path: Path) -> None:
+    fig = tiny_setup.figures[0]
+    tiny_setup.figures[0] = q.FigureSpec(
+        fig.name,
+        fig.key,
+        fig.image_set,
+        fig.layout,
+        fig.columns,
+        fig.title,
+        fig.caption,
+        notes={"stride": "stride 1 here", "extra": "x"},
+    )
+    _compute(tiny_setup, tmp_path)
+    doc_a = json.loads((tmp_path / "qualitative" / "figA_tiny.json").read_text())
+    doc_b = json.loads((tmp_path / "qualitative" / "figB_tiny.json").read_text())
+    assert doc_a["notes"] == {"stride": "stride 1 here", "extra": "x"}
+    assert doc_b["notes"] == {"stride": "stride 2: a test"}
+
+
 def test_unknown_figure_and_missing_weights(tiny_setup: q.Setup, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="figZ"):
         _compute(tiny_setup, tmp_path, only=["figZ"])
@@ -236,6 +275,23 @@ def test_rotate_and_crop_has_no_empty_corners(rng: np.random.Generator) -> None:
     # angle 0: the centred 60×60 square, resized
     same = q.rotate_and_crop(photo, 0.0, (60, 60), "bicubic")
     np.testing.assert_array_equal(same, photo[:, 10:70])
+
+
+def test_same_class_photo_is_another_image_of_the_class() -> None:
+    """Fig 17's second row: a crop of a different photo, classified as the Fig 14 row's class."""
+    from pda_repro import zoo
+
+    settings = q.Settings()
+    first, second = q._same_class_subjects(zoo.get("efficientnet_lite0"), settings)
+    assert first.name == settings.same_class_of and second.name == f"{settings.same_class_photo}_crop"
+    assert second.x.shape == first.x.shape == (3, 224, 224) and second.display.shape == (224, 224, 3)
+    assert second.expected_class == first.expected_class == q.PHOTO_CLASSES[settings.same_class_of]
+    assert "cropped (x 0.15-0.65, y 0.1-0.9)" in second.note
+    assert np.abs(second.x - first.x).mean() > 0.1  # a different image, not the same one again
+    probs, _ = load_model("efficientnet_lite0", batch=2).forward(np.stack([first.x, second.x]))
+    assert list(np.argmax(probs, axis=1)) == [first.expected_class] * 2  # both correctly classified
+    with pytest.raises(ValueError, match="photo 'no_such_photo' not found"):
+        q._same_class_subjects(zoo.get("efficientnet_lite0"), q.Settings(same_class_photo="no_such_photo"))
 
 
 def test_default_setup_covers_the_figure_keys() -> None:

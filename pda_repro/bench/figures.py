@@ -496,7 +496,7 @@ def render_all(results_dir: str | Path = RESULTS_DIR, readme: bool = True) -> Re
 
 
 def _render_qualitative(root: Path, notes: list[str]) -> list[Path]:
-    """The qualitative figures (Figs 13-15, 18, 19; pda_repro.bench.qualitative) from results/qualitative/."""
+    """The qualitative figures (Figs 13-15, 17-19; pda_repro.bench.qualitative) from results/qualitative/."""
     try:
         from pda_repro.bench.qualitative import render_qualitative
     except ImportError:
@@ -859,7 +859,7 @@ def write_readme(
     if qualitative:
         parts += (
             [
-                "## Qualitative figures (Figs 13, 14, 15, 18, 19 and baselines)",
+                "## Qualitative figures (Figs 13, 14, 15, 17, 18, 19 and baselines)",
                 "",
                 "Drawn from results/qualitative/ (maps as .npz, settings in the JSON beside each; see "
                 "`python -m pda_repro.bench.qualitative`).",

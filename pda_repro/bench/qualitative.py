@@ -1,7 +1,7 @@
-"""The paper's qualitative figures (Figs 13, 14, 15, 18, 19) and a baseline comparison: computed once into
-results/qualitative/ (compressed .npz maps + one JSON of settings per figure), drawn from those data only.
+"""The paper's qualitative figures (Figs 13, 14, 15, 17, 18, 19) and a baseline comparison: computed once
+into results/qualitative/ (compressed .npz maps + one JSON of settings per figure), drawn from those data only.
 
-    python -m pda_repro.bench.qualitative compute [--force] [--only fig13,fig14,...]
+    python -m pda_repro.bench.qualitative compute [--force] [--only fig13,fig14,...] [--subjects a,b]
     python -m pda_repro.bench.qualitative render
 
 RENDER ENTRY POINT for `pda-repro figures` (harness engineer, pda_repro/bench/figures.py)::
@@ -16,26 +16,33 @@ Figures (PNG stem = JSON stem under results/qualitative/):
   fig13_mnist                   MNIST, first test digit of each class 0-9: input | PDA | overlay | efficient
                                 PDA | overlay; k=4×4, marginal sampling over the training digits, S=10, stride 1
   fig14_efficientnet_lite0      five correctly classified real photos: PDA vs efficient PDA (k=10, l=18, S=10,
-                                conditional PatchGaussian fitted on the real photos)
-  fig15_efficientnet_lite0      PDA vs efficient PDA with the conditional mean replaced by the mean of 10 samples
-  fig19_efficientnet_lite0      efficient PDA vs the simplified variant (Algorithm 3)
-  fig18_efficientnet_lite0_invariance   one photo rotated / flipped / cropped, efficient-PDA maps
-  baselines_efficientnet_lite0  saliency, gradient×input, Grad-CAM, deep Taylor (n/a: see the figure), occlusion
+                                conditional PatchGaussian fitted on the real photos), stride 5
+  fig15_efficientnet_lite0      PDA vs efficient PDA with the conditional mean replaced by the mean of 10
+                                samples, stride 5
+  fig17_efficientnet_lite0_same_class   efficient PDA on the Fig 14 orange and on another orange (a crop of
+                                opencv-doc's fruits.jpg), stride 5
+  fig18_efficientnet_lite0_invariance   one photo rotated / flipped / cropped, efficient-PDA maps, stride 5
+  fig19_efficientnet_lite0      efficient PDA vs the simplified variant (Algorithm 3), stride 1
+  baselines_efficientnet_lite0  saliency, gradient×input, Grad-CAM, deep Taylor (n/a: see the figure),
+                                occlusion (stride 5)
   baselines_mnist               the same baselines on the MNIST digits (deep Taylor applies to LeNet)
 
 Data: results/qualitative/<image set>/<subject>/input.npz (display image, class probabilities) and
 <run>.npz (one map plus a JSON `meta` string: the request that made it, the explain() params, wall and
 CPU seconds). A run whose file exists with the same request is skipped (resume per photo and method);
---force recomputes. Every file is written atomically (temp file + os.replace).
+--force recomputes. Every file is written atomically (temp file + os.replace). `--subjects` shares the
+work out among processes (one BLAS thread each beats one process with two threads on this CPU); a
+final run without it writes the JSONs.
 
-Why a stride > 1 on EfficientNet-Lite0: a stride-1 PDA map of a 224×224 photo is 215² windows × S=10 =
-462,250 forward passes. Measured on this project's shared 2-core CPU (AMD EPYC, torch backend, 1 thread):
-25 ms CPU per image for a forward batch of 4, 33 ms per image in the PDA loop (sampling included), i.e.
-~4 h CPU per photo for PDA alone. Figures 14/15/19 and the occlusion baseline therefore use stride 10
-(= k: non-overlapping windows, 22×22 = 484 per photo) for every method, and Fig 18 (efficient PDA only,
-10× cheaper) stride 5. The whole compute took 1,205 s CPU (2,440 s wall on the shared machine): PDA
-~160 s CPU per photo, each other window method ~15 s, Fig 18 ~56 s per image, MNIST 10 s in all.
-The stride and this reason are written on every figure and in its JSON.
+Why stride 5 for PDA on EfficientNet-Lite0: a stride-1 PDA map of a 224×224 photo is 215² windows ×
+S=10 = 462,250 forward passes. Measured on this project's shared 2-core CPU (AMD EPYC, torch backend,
+1 thread): 25 ms CPU per image for a forward batch of 4, 26-33 ms per image in the PDA loop (sampling
+included), i.e. ~2 h of the whole machine per photo, ten for the five photos -- more than a working
+session, and no GPU was lent to the sessions that made these figures. Figures 14/15 and the occlusion
+baseline therefore compare the methods at stride 5 (43² = 1,849 windows per photo, each pixel inside up
+to 4 windows); efficient PDA needs S× fewer passes (46,225 per photo at stride 1), so Fig 19 shows it and
+the simplified variant at full resolution. The stride and this reason are written on every figure and
+in its JSON; the compute cost of every map is stored beside it (`cpu_seconds`, `forward_passes`).
 """
 
 from __future__ import annotations
@@ -179,6 +186,7 @@ class FigureSpec:
     columns: tuple[str, ...]  # MethodRun keys
     title: str
     caption: str
+    notes: dict[str, str] = field(default_factory=dict)  # override/extend the image set's notes
 
 
 @dataclass
@@ -195,7 +203,11 @@ class Settings:
     window: int = 10
     outer: int = 18
     samples: int = 10
-    photo_stride: int = 10
+    photo_stride: int = 5
+    full_stride: int = 1  # Fig 19: efficient PDA and its simplified version at full resolution
+    same_class_photo: str = "fruits"  # Fig 17: another photo of a Fig 14 class ...
+    same_class_crop: tuple[float, float, float, float] = (0.15, 0.1, 0.65, 0.9)  # ... cut to the orange
+    same_class_of: str = "orange"  # ... the Fig 14 row it is compared with
     invariance_photo: str = INVARIANCE_PHOTO
     invariance_stride: int = 5
     invariance_angle: float = 15.0
@@ -209,7 +221,7 @@ class Settings:
     seed: int = 0
 
 
-FIGURE_KEYS = ("fig13", "fig14", "fig15", "fig18", "fig19", "baselines")
+FIGURE_KEYS = ("fig13", "fig14", "fig15", "fig17", "fig18", "fig19", "baselines")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,6 +309,31 @@ def _invariance_subjects(spec: Any, settings: Settings) -> list[Subject]:
     ]
 
 
+def _same_class_subjects(spec: Any, settings: Settings) -> list[Subject]:
+    """The paper's Fig 17: a Fig 14 photo and another photo of the same class (here a crop of a
+    different photo that the net puts in that class)."""
+    from pda_repro.data import photo_paths
+    from pda_repro.preprocess import read_rgb, to_network_input
+
+    paths = photo_paths()
+    for name in (settings.same_class_of, settings.same_class_photo):
+        if name not in paths:
+            raise ValueError(f"photo {name!r} not found; available: {', '.join(paths)}")
+    (first,) = _photo_subjects(spec, [settings.same_class_of])
+    _, h, w = spec.input_shape
+    box = settings.same_class_crop
+    display = crop_fraction(read_rgb(paths[settings.same_class_photo]), box, (h, w), spec.interpolation)
+    where = "x {:g}-{:g}, y {:g}-{:g}".format(*np.asarray(box)[[0, 2, 1, 3]])
+    second = Subject(
+        f"{settings.same_class_photo}_crop",
+        to_network_input(display, spec),
+        display,
+        note=f"{paths[settings.same_class_photo].name} cropped ({where})",
+        expected_class=PHOTO_CLASSES.get(settings.same_class_of),
+    )
+    return [first, second]
+
+
 def _mnist_subjects(spec: Any) -> list[Subject]:
     """The first test digit of each class 0..9."""
     from pda_repro.data import mnist
@@ -365,7 +402,7 @@ def default_setup(settings: Settings | None = None) -> Setup:
         f"{s.seed} (pda_repro.bench.inputs.model_sampler, cached)",
         lambda: _photo_sampler("efficientnet_lite0", s.window, s.outer, s.seed),
     )
-    k, l, S, st = s.window, s.outer, s.samples, s.photo_stride  # noqa: E741
+    k, l, S, st, full = s.window, s.outer, s.samples, s.photo_stride, s.full_stride  # noqa: E741
     photo_runs = {
         "pda": MethodRun("pda", "pda", "PDA (Alg. 1)", k, l, S, st, "gauss"),
         "epda": MethodRun("epda", "epda", "efficient PDA (Alg. 2)", k, l, None, st, "gauss"),
@@ -373,6 +410,10 @@ def default_setup(settings: Settings | None = None) -> Setup:
             "epda_sampled", "epda_sampled", f"efficient PDA, mean of {S} samples", k, l, S, st, "gauss"
         ),
         "simplified": MethodRun("simplified", "simplified", "simplified (Alg. 3)", k, l, None, st, "gauss"),
+        "epda_full": MethodRun("epda_full", "epda", "efficient PDA (Alg. 2)", k, l, None, full, "gauss"),
+        "simplified_full": MethodRun(
+            "simplified_full", "simplified", "simplified (Alg. 3)", k, l, None, full, "gauss"
+        ),
         "saliency": MethodRun("saliency", "saliency", "saliency"),
         "gradient_x_input": MethodRun("gradient_x_input", "gradient_x_input", "gradient × input"),
         "gradcam": MethodRun("gradcam", "gradcam", "Grad-CAM"),
@@ -381,52 +422,80 @@ def default_setup(settings: Settings | None = None) -> Setup:
             "occlusion", "occlusion", "occlusion (grey)", k, None, None, st, None, {"value": 0.0}
         ),
     }
-    tiling = " (= k, non-overlapping windows)" if st == k else ""
+    tiling = (
+        " (= k, non-overlapping windows)" if st == k else f" (each pixel in up to {(k // st) ** 2} windows)"
+    )
+    n_full = (224 - k) // full + 1
     stride_reason = (
         f"stride {st}{tiling} for every method of the figure: stride 1 would be "
         f"{(224 - k + 1) ** 2 * S:,} forward passes per photo for PDA; at {MEASURED_FORWARD} that is "
-        f"~{(224 - k + 1) ** 2 * S * 0.033 / 3600:.1f} h CPU per photo. The last {(224 - k) % st} pixel "
-        "rows/columns are covered by no window (grey in the maps)."
+        f"~{(224 - k + 1) ** 2 * S * 0.033 / 3600:.1f} h CPU per photo ({len(s.photos)} photos: "
+        f"~{len(s.photos) * (224 - k + 1) ** 2 * S * 0.033 / 3600 / 2:.0f} h of both cores, more than a "
+        f"working session; no GPU was lent to the sessions that made these figures). At stride {st}: "
+        f"{((224 - k) // st + 1) ** 2 * S:,} forward passes per photo. "
+        + (
+            f"The last {(224 - k) % st} pixel rows/columns are covered by no window (grey in the maps)."
+            if (224 - k) % st
+            else "Every pixel is covered."
+        )
     )
-    effnet_words = "EfficientNet-Lite0 converted to Caffe (torch backend, CPU)"
+    full_reason = (
+        f"stride {full}: efficient PDA needs one forward pass per window ({n_full**2:,} per photo at "
+        f"this stride; {MEASURED_FORWARD}), the simplified variant one forward and one backward pass in "
+        "all, so both are shown at full resolution (PDA, S times dearer, is not: see Figs 14/15)."
+    )
     vgg_note = (
         "the paper explains VGG16 with a sampler fitted on the 50,000 ILSVRC validation images; neither "
         "VGG16's trained weights nor ILSVRC images are reachable here, so the ImageNet-trained "
         "EfficientNet-Lite0 and the real photos shipped with scikit-image/matplotlib/opencv-doc stand in"
     )
-    effnet_weights = eff.weights_note
-    sets = {
-        "efficientnet_lite0": ImageSet(
-            name="efficientnet_lite0",
-            model=effnet_words,
-            weights=effnet_weights,
+    epda_fine = MethodRun("epda", "epda", "efficient PDA (Alg. 2)", k, l, None, s.invariance_stride, "gauss")
+
+    def photo_set(
+        name: str, subjects: Callable[[], list[Subject]], runs: dict[str, MethodRun], **extra: Any
+    ) -> ImageSet:
+        """An image set of real photos explained on EfficientNet-Lite0 with the conditional sampler."""
+        return ImageSet(
+            name=name,
+            model="EfficientNet-Lite0 converted to Caffe (torch backend, CPU)",
+            weights=eff.weights_note,
             net=lambda: load_model("efficientnet_lite0", backend=s.backend, batch=s.photo_batch),
-            subjects=lambda: _photo_subjects(eff, s.photos),
+            subjects=subjects,
             class_names=imagenet_short,
-            runs=photo_runs,
+            runs=runs,
             samplers={"gauss": photo_gauss},
             weights_file=eff.weights,
             batch=s.photo_batch,
             checkpoints=True,
+            **extra,
+        )
+
+    sets = {
+        "efficientnet_lite0": photo_set(
+            "efficientnet_lite0",
+            lambda: _photo_subjects(eff, s.photos),
+            photo_runs,
             notes={"stride": stride_reason, "model": vgg_note},
         ),
-        "efficientnet_lite0_invariance": ImageSet(
-            name="efficientnet_lite0_invariance",
-            model=effnet_words,
-            weights=effnet_weights,
-            net=lambda: load_model("efficientnet_lite0", backend=s.backend, batch=s.photo_batch),
-            subjects=lambda: _invariance_subjects(eff, s),
-            class_names=imagenet_short,
-            runs={
-                "epda": MethodRun(
-                    "epda", "epda", "efficient PDA (Alg. 2)", k, l, None, s.invariance_stride, "gauss"
-                )
+        "efficientnet_lite0_same_class": photo_set(
+            "efficientnet_lite0_same_class",
+            lambda: _same_class_subjects(eff, s),
+            {"epda": epda_fine},
+            notes={
+                "stride": f"stride {s.invariance_stride}, as Fig. 18",
+                "photos": (
+                    f"the paper shows a second husky; no second photo of a Fig. 14 class is reachable here, "
+                    f"so a part of another photo ({s.same_class_photo}) that the net classifies as "
+                    f"{s.same_class_of} stands in, beside the Fig. 14 {s.same_class_of} photo"
+                ),
+                "model": vgg_note,
             },
-            samplers={"gauss": photo_gauss},
-            weights_file=eff.weights,
-            batch=s.photo_batch,
+        ),
+        "efficientnet_lite0_invariance": photo_set(
+            "efficientnet_lite0_invariance",
+            lambda: _invariance_subjects(eff, s),
+            {"epda": epda_fine},
             class_from="original",
-            checkpoints=True,
             notes={
                 "stride": (
                     f"stride {s.invariance_stride}: efficient PDA needs one forward pass per window "
@@ -530,10 +599,21 @@ def default_setup(settings: Settings | None = None) -> Setup:
             "fig19",
             "efficientnet_lite0",
             "pairs",
-            ("epda", "simplified"),
+            ("epda_full", "simplified_full"),
             "Fig. 19: efficient PDA (Alg. 2) vs its simplified version (Alg. 3, one backward pass)",
-            f"k={k}×{k}, l={l}×{l}, stride {st}; simplified = first-order difference of P(c|x) (Eq. 38, "
+            f"k={k}×{k}, l={l}×{l}, stride {full}; simplified = first-order difference of P(c|x) (Eq. 38, "
             "not log-odds).",
+            notes={"stride": full_reason},
+        ),
+        FigureSpec(
+            "fig17_efficientnet_lite0_same_class",
+            "fig17",
+            "efficientnet_lite0_same_class",
+            "pairs",
+            ("epda",),
+            f"Fig. 17: efficient PDA on another photo of a Fig. 14 class ({s.same_class_of})",
+            f"k={k}×{k}, l={l}×{l}, stride {s.invariance_stride}; rows: the Fig. 14 photo, then a crop of "
+            f"{s.same_class_photo}; class = the predicted (correct) class.",
         ),
         FigureSpec(
             "fig18_efficientnet_lite0_invariance",
@@ -637,11 +717,14 @@ def compute(
     checkpoint_dir: str | Path | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = print,
+    subjects: Sequence[str] | None = None,
 ) -> ComputeReport:
     """Compute (or reuse) every map the selected figures need, then write one JSON per figure.
 
     Each run's map is saved as soon as it is done; a run whose .npz exists with the same request
-    (method, settings, sampler, class, input image, weights) is skipped unless `force`."""
+    (method, settings, sampler, class, input image, weights) is skipped unless `force`.
+    `subjects` restricts the work to those images (to share it out among processes); the figure
+    JSONs are then not written: a later call without `subjects` reuses the maps and writes them."""
     setup = setup or default_setup(Settings(seed=seed))
     root = Path(results_dir) / QUALITATIVE_DIRNAME
     figures = _select(setup, only)
@@ -652,14 +735,25 @@ def compute(
     by_set: dict[str, list[FigureSpec]] = {}
     for fig in figures:
         by_set.setdefault(fig.image_set, []).append(fig)
+    wanted = None if subjects is None else set(subjects)
+    if wanted is not None:
+        known = {sub.name for name in by_set for sub in setup.image_sets[name].subjects()}
+        unknown = sorted(wanted - known)
+        if unknown or not wanted:
+            raise ValueError(
+                f"unknown subject(s) {unknown or '(none given)'}; the selected figures have: {', '.join(sorted(known))}"
+            )
     for set_name, figs in by_set.items():
         image_set = setup.image_sets[set_name]
         keys: list[str] = []
         for fig in figs:
             keys.extend(k for k in fig.columns if k not in keys)
-        names = _compute_set(image_set, keys, root / set_name, force, progress, ckpt_root, seed, say, report)
-        for fig in figs:
-            report.json_files.append(_write_figure_json(fig, image_set, names, root, seed))
+        names = _compute_set(
+            image_set, keys, root / set_name, force, progress, ckpt_root, seed, say, report, wanted
+        )
+        if wanted is None:
+            for fig in figs:
+                report.json_files.append(_write_figure_json(fig, image_set, names, root, seed))
     report.wall_seconds = time.perf_counter() - started
     report.cpu_seconds = time.process_time() - cpu_started
     say(
@@ -733,8 +827,10 @@ def _compute_set(
     seed: int,
     say: Callable[[str], None],
     report: ComputeReport,
+    wanted: set[str] | None = None,
 ) -> list[str]:
-    """Compute the missing runs `keys` of every subject; returns the subject names in order."""
+    """Compute the missing runs `keys` of every subject (of those in `wanted`, if given); returns the
+    subject names in order."""
     lazy = _Lazy(image_set)
     subjects = image_set.subjects()
     names = [s.name for s in subjects]
@@ -755,6 +851,8 @@ def _compute_set(
             fixed_class = cls
         if int(info["explained"]) != cls:  # class_from changed: rewrite input.npz with the new class
             info = _subject_info(image_set, subject, sub_dir, lazy, True, explained=cls)
+        if wanted is not None and subject.name not in wanted:
+            continue
         for key in keys:
             run = image_set.runs[key]
             path = sub_dir / f"{key}.npz"
@@ -953,7 +1051,7 @@ def _write_figure_json(fig: FigureSpec, image_set: ImageSet, names: list[str], r
         "weights": image_set.weights,
         "weights_file": _repo_relative(image_set.weights_file),
         "weights_sha256": next((s.get("weights_sha256") for s in subjects if s.get("weights_sha256")), None),
-        "notes": image_set.notes,
+        "notes": {**image_set.notes, **fig.notes},
         "columns": list(fig.columns),
         "runs": runs,
         "seed": seed,
@@ -1193,6 +1291,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--results-dir", default=str(RESULTS_DIR))
     c.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument(
+        "--subjects",
+        help="comma-separated image names: compute only these (e.g. to share the work among processes); "
+        "figure JSONs are written by a later run without --subjects",
+    )
     c.add_argument("--no-progress", action="store_true")
     r = sub.add_parser("render", help="draw the PNGs from the saved data only")
     r.add_argument("--results-dir", default=str(RESULTS_DIR))
@@ -1213,6 +1316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 force=args.force,
                 progress=not args.no_progress,
                 seed=args.seed,
+                subjects=_parse_only(args.subjects),
             )
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
