@@ -335,7 +335,12 @@ def _configure_explain(parser: argparse.ArgumentParser) -> None:
         "--samples", type=_positive_int, default=10, help="samples S per window (pda, epda_sampled)"
     )
     parser.add_argument("--stride", type=_positive_int, default=1, help="stride between windows")
-    parser.add_argument("--batch", type=_positive_int, default=160, help="images per forward pass")
+    parser.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=None,
+        help="images per forward pass (default: 160 on cuda, the paper's; 16 on cpu, faster per image there)",
+    )
     parser.add_argument(
         "--backend", choices=("torch", "caffe"), default="torch", help="backend running the net"
     )
@@ -807,6 +812,10 @@ def _build_sampler(args: argparse.Namespace, spec: Any) -> tuple[Any, dict]:
 
 
 def _check_run_settings(args: argparse.Namespace, spec: Any, uses: frozenset[str], method: str) -> None:
+    if args.batch is None:  # resolved here: the batch is part of the run's recorded settings
+        from pda_repro.backends.base import default_batch
+
+        args.batch = default_batch(args.device)
     _, h, w = (int(v) for v in spec.input_shape)
     if "window" in uses and args.window >= min(h, w):
         raise CLIError(

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pda_repro.backends.base import Backend
+from pda_repro.backends.base import PAPER_BATCH, Backend
 from pda_repro.methods import METHODS, WindowGrid, get_method
 from pda_repro.methods.base import ProgressCallback, RunContext, check_positive_int, model_spec
 
@@ -64,12 +64,13 @@ def load_model(
     backend: str = "torch",
     device: str = "cpu",
     weights: str | Path | None = None,
-    batch: int = 160,
+    batch: int | None = None,
 ) -> Backend:
     """A Backend for a zoo name or a prototxt path (see pda_repro.backends.load_backend).
 
     For zoo names the net carries its ModelSpec as `net.model_spec`; explain() reads the Laplace
-    N (train_size) and deep Taylor's input bounds (input_range) from it."""
+    N (train_size) and deep Taylor's input bounds (input_range) from it. batch: images per framework
+    call (None: pda_repro.backends.default_batch(device) -- 160 on a GPU, 16 on a CPU)."""
     from pda_repro.backends import load_backend  # noqa: PLC0415
 
     return load_backend(model, backend=backend, device=device, weights=weights, batch=batch)
@@ -137,7 +138,7 @@ def explain(
     outer: int = 18,
     samples: int = 10,
     stride: int = 1,
-    batch: int = 160,
+    batch: int | None = None,
     sampler: Any = None,
     classes: int | Sequence[int] | None = None,
     rng: np.random.Generator | int | None = None,
@@ -163,7 +164,8 @@ def explain(
       `net.model_spec.train_size`, else 100,000 for 1000-class nets, else an error asking for it).
     window/outer/samples/stride: k, l, S and the window stride. sampler: the imputer
       (pda_repro.sampling.PatchGaussian / MarginalSampler) fitted for k, l and the image's channels.
-    batch: at most this many images per backend.forward call (the result does not depend on it).
+    batch: at most this many images per backend.forward call (the result does not depend on it;
+      None: the backend's own batch, `net.batch`).
     classes: class indices to explain (default all K). rng: Generator or int seed for the
       sampling methods (default seed 0); one root seed is taken from it.
     output: "prob" or "logit" for the gradient methods (None: the method's default).
@@ -174,7 +176,7 @@ def explain(
     """
     started = time.perf_counter()
     cls = get_method(method)
-    batch = check_positive_int("batch", batch)
+    batch = check_positive_int("batch", getattr(net, "batch", PAPER_BATCH) if batch is None else batch)
     x = _check_image(net, image)
     class_ids = _check_classes(net, classes)
     generator = _check_rng(rng)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pda_repro.backends.base import Backend, BackendError, Output
+from pda_repro.backends.base import CPU_BATCH, PAPER_BATCH, Backend, BackendError, Output, default_batch
 
 
 def _torch_backend() -> type[Backend]:
@@ -58,7 +58,7 @@ def load_backend(
     backend: str = "torch",
     device: str = "cpu",
     weights: WeightsArg | str = None,
-    batch: int = 160,
+    batch: int | None = None,
     seed: int = 0,
 ) -> Backend:
     """A runnable net: `model` is a zoo name (see pda_repro.zoo), a ModelSpec or a prototxt path.
@@ -67,7 +67,8 @@ def load_backend(
     "random" for seeded filler weights, or None: the zoo's trained weights if the file exists, else
     seeded random weights from the prototxt's fillers (numpy Generator seeded with `seed`, so every
     backend gets the same random net). The result has `model_spec` (the ModelSpec or None) and
-    `weights_source` (a path or "random (seed N)")."""
+    `weights_source` (a path or "random (seed N)"). batch: images per framework call (None:
+    default_batch(device))."""
     from pda_repro.backends.caffemodel import read_caffemodel  # noqa: PLC0415
 
     if backend not in BACKENDS:
@@ -81,10 +82,21 @@ def load_backend(
         arrays, source = weights, "given arrays"
     else:
         arrays, source = read_caffemodel(weights), str(weights)
+    batch = default_batch(device) if batch is None else batch
     runner = BACKENDS[backend]()(net, device=device, batch=batch, weights=arrays, seed=seed)
     runner.model_spec = spec
     runner.weights_source = source
     return runner
 
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "Output", "load_backend", "resolve_model"]
+__all__ = [
+    "BACKENDS",
+    "CPU_BATCH",
+    "PAPER_BATCH",
+    "Backend",
+    "BackendError",
+    "Output",
+    "default_batch",
+    "load_backend",
+    "resolve_model",
+]

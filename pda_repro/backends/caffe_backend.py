@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pda_repro import proto
-from pda_repro.backends.base import Backend, BackendError, Output
+from pda_repro.backends.base import Backend, BackendError, Output, default_batch
 from pda_repro.backends.caffemodel import match_weights
 
 
@@ -81,10 +81,12 @@ class CaffeBackend(Backend):
         self,
         net: Any,
         device: str = "cpu",
-        batch: int = 160,
+        batch: int | None = None,
         weights: dict[str, list[np.ndarray]] | None = None,
         seed: int = 0,
     ):
+        if batch is None:
+            batch = default_batch(device)
         if batch < 1:
             raise BackendError(f"batch must be at least 1, got {batch}")
         if device not in ("cpu", "cuda"):
