@@ -14,7 +14,7 @@ BENCH_ARGS = --model $(MODEL) --backend $(BACKEND) --device $(DEVICE) --batch $(
 	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(FORCE),--force) \
 	$(if $(THREADS),--threads $(THREADS)) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS))
 
-.PHONY: setup test unit regress benchmark microbench bench-sampler figures figures-data train-mnist convert-efficientnet prototxts lint clean help
+.PHONY: setup test unit regress benchmark microbench bench-sampler bench-batch figures figures-data train-mnist convert-efficientnet prototxts lint clean help
 
 help:
 	@echo "make setup | test | benchmark [MODEL= BACKEND= DEVICE= BATCH= PROFILE= WEIGHTS=] | figures | regress | train-mnist | lint"
@@ -41,6 +41,9 @@ microbench: setup
 
 bench-sampler: setup
 	$(PY) benchmarks/bench_sampler.py
+
+bench-batch: setup
+	$(PY) benchmarks/bench_batch.py
 
 figures: setup
 	$(PY) -m pda_repro.cli figures

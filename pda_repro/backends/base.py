@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -38,7 +38,8 @@ class Backend(ABC):
     Attributes set by every implementation:
       name          "caffe" or "torch"
       device        "cpu" or "cuda"
-      batch         the most images handed to the framework at once (default: default_batch(device)); longer inputs are split
+      batch         the most images handed to the framework at once (default: default_batch(device));
+                    longer inputs are split
       net_param     the parsed prototxt (caffe_pb2.NetParameter)
       input_blob    name of the input blob
       input_shape   (C, H, W)
@@ -55,6 +56,34 @@ class Backend(ABC):
     prob_blob: str
     logits_blob: str
     num_classes: int
+    model_spec = None  # the zoo ModelSpec, set by load_backend
+    weights_source = "given at construction"  # set by load_backend: a path or "random (seed N)"
+
+    # -- construction helpers shared by the implementations ----------------------------------------
+    def _set_device_and_batch(self, device: str, batch: int | None, cuda_index: bool = False) -> None:
+        """Check and store `device` ("cpu", "cuda"; "cuda:N" too if `cuda_index`) and `batch`
+        (None: default_batch(device))."""
+        batch = default_batch(device) if batch is None else batch
+        if batch < 1:
+            raise BackendError(f"batch must be at least 1, got {batch}")
+        if device not in ("cpu", "cuda") and not (cuda_index and str(device).startswith("cuda:")):
+            raise BackendError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self.device, self.batch = str(device), int(batch)
+
+    def _set_net_io(self, net_param: Any, shapes: Any) -> None:
+        """Store the parsed net and its input/output blobs (pda_repro.proto.net_io)."""
+        from pda_repro import proto  # noqa: PLC0415
+
+        self.net_param = net_param
+        io = proto.net_io(net_param, shapes)
+        self.input_blob, self.input_shape = io.input_blob, io.input_shape
+        self.prob_blob, self.logits_blob, self.num_classes = io.prob_blob, io.logits_blob, io.num_classes
+
+    def _set_initial_weights(self, weights: dict[str, list[np.ndarray]] | None, seed: int) -> None:
+        """`weights` fitted to the net, the layers it lacks filled from the prototxt's fillers."""
+        from pda_repro.backends.fillers import initial_weights  # noqa: PLC0415
+
+        self.set_weights(initial_weights(self.net_param, weights, seed))
 
     # -- running ---------------------------------------------------------------------------------
     @abstractmethod
@@ -93,7 +122,8 @@ class Backend(ABC):
         """Write the weights as a binary .caffemodel (atomically)."""
         from pda_repro.backends.caffemodel import write_caffemodel
 
-        write_caffemodel(path, self.get_weights(), net_name=self.net_param.name)
+        types = {layer.name: layer.type for layer in self.net_param.layer}
+        write_caffemodel(path, self.get_weights(), net_name=self.net_param.name, layer_types=types)
 
     def load_weights(self, path: str | Path) -> None:
         """Read a binary .caffemodel (new or V1 layout) and copy blobs by layer name, checking shapes."""

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pda_repro import proto
-from pda_repro.backends.base import Backend, BackendError, Output, default_batch
+from pda_repro.backends.base import Backend, BackendError, Output
 from pda_repro.backends.caffemodel import match_weights
 
 
@@ -74,8 +74,6 @@ class CaffeBackend(Backend):
     """A Caffe deploy net run by pycaffe."""
 
     name = "caffe"
-    model_spec = None  # the zoo ModelSpec, set by load_backend
-    weights_source = "given at construction"  # set by load_backend: a path or "random (seed N)"
 
     def __init__(
         self,
@@ -85,18 +83,10 @@ class CaffeBackend(Backend):
         weights: dict[str, list[np.ndarray]] | None = None,
         seed: int = 0,
     ):
-        if batch is None:
-            batch = default_batch(device)
-        if batch < 1:
-            raise BackendError(f"batch must be at least 1, got {batch}")
-        if device not in ("cpu", "cuda"):
-            raise BackendError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        self.net_param = proto.deploy_net(net)
-        self.shapes = proto.infer_shapes(self.net_param, batch=1)  # validates before Caffe sees the net
-        io = proto.net_io(self.net_param, self.shapes)
-        self.input_blob, self.input_shape = io.input_blob, io.input_shape
-        self.prob_blob, self.logits_blob, self.num_classes = io.prob_blob, io.logits_blob, io.num_classes
-        self.device, self.batch = device, int(batch)
+        self._set_device_and_batch(device, batch)
+        net_param = proto.deploy_net(net)
+        self.shapes = proto.infer_shapes(net_param, batch=1)  # validates before Caffe sees the net
+        self._set_net_io(net_param, self.shapes)
         self._caffe = import_caffe()
         if device == "cuda" and not caffe_has_gpu():
             raise BackendError(
@@ -116,9 +106,7 @@ class CaffeBackend(Backend):
         for layer in self.net_param.layer:
             for top in layer.top:
                 self._last_write[top] = self._layer_index[layer.name]
-        from pda_repro.backends.fillers import initial_weights  # noqa: PLC0415
-
-        self.set_weights(initial_weights(self.net_param, weights, seed))
+        self._set_initial_weights(weights, seed)
 
     def _set_mode(self) -> None:
         if self.device == "cuda":
@@ -138,12 +126,6 @@ class CaffeBackend(Backend):
         for name, blobs in fitted.items():
             for blob, array in zip(self.net.params[name], blobs, strict=True):
                 blob.data[...] = array
-
-    def save_weights(self, path: str | os.PathLike) -> None:
-        from pda_repro.backends.caffemodel import write_caffemodel  # noqa: PLC0415
-
-        types = {layer.name: layer.type for layer in self.net_param.layer}
-        write_caffemodel(path, self.get_weights(), net_name=self.net_param.name, layer_types=types)
 
     # -- running -----------------------------------------------------------------------------------
     def resolve(self, name: str) -> tuple[str, int]:

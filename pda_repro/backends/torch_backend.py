@@ -12,7 +12,6 @@ fully connected output before its in-place ReLU). Generally "<blob>@<layer>" wit
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pda_repro import caffe_quirks, proto
-from pda_repro.backends.base import Backend, BackendError, Output, default_batch
+from pda_repro.backends.base import Backend, BackendError, Output
 from pda_repro.backends.caffemodel import match_weights
 
 
@@ -350,8 +349,6 @@ class TorchBackend(Backend):
     """A Caffe deploy net run by PyTorch (see the module docstring for blob naming)."""
 
     name = "torch"
-    model_spec = None  # the zoo ModelSpec, set by load_backend
-    weights_source = "given at construction"  # set by load_backend: a path or "random (seed N)"
 
     def __init__(
         self,
@@ -361,29 +358,18 @@ class TorchBackend(Backend):
         weights: dict[str, list[np.ndarray]] | None = None,
         seed: int = 0,
     ):
-        if batch is None:
-            batch = default_batch(device)
-        if batch < 1:
-            raise BackendError(f"batch must be at least 1, got {batch}")
-        if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-            raise BackendError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        if str(device).startswith("cuda"):
+        self._set_device_and_batch(device, batch, cuda_index=True)
+        if self.device.startswith("cuda"):
             if not torch.cuda.is_available():
                 raise BackendError("device 'cuda' requested but torch sees no CUDA device")
             # TF32 would change results in the 4th digit; Caffe computes in full float32.
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
-        self.net_param = proto.deploy_net(net)
-        self.model = CaffeNet(self.net_param)
-        io = proto.net_io(self.net_param, self.model.shapes)
-        self.device = str(device)
-        self.batch = int(batch)
-        self.input_blob, self.input_shape = io.input_blob, io.input_shape
-        self.prob_blob, self.logits_blob, self.num_classes = io.prob_blob, io.logits_blob, io.num_classes
+        net_param = proto.deploy_net(net)
+        self.model = CaffeNet(net_param)
+        self._set_net_io(net_param, self.model.shapes)
         self.model.to(self.device).eval()
-        from pda_repro.backends.fillers import initial_weights  # noqa: PLC0415
-
-        self.set_weights(initial_weights(self.net_param, weights, seed))
+        self._set_initial_weights(weights, seed)
 
     # -- weights -----------------------------------------------------------------------------------
     def param_shapes(self) -> dict[str, list[tuple[int, ...]]]:
@@ -401,12 +387,6 @@ class TorchBackend(Backend):
             for name, blobs in fitted.items():
                 for param, array in zip(self.model.by_name[name].blobs, blobs, strict=True):
                     param.copy_(torch.from_numpy(array))
-
-    def save_weights(self, path: str | os.PathLike) -> None:
-        from pda_repro.backends.caffemodel import write_caffemodel  # noqa: PLC0415
-
-        types = {layer.name: layer.type for layer in self.net_param.layer}
-        write_caffemodel(path, self.get_weights(), net_name=self.net_param.name, layer_types=types)
 
     # -- running -----------------------------------------------------------------------------------
     def _chunks(self, x: np.ndarray):
