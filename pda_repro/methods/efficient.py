@@ -12,43 +12,32 @@ from typing import Any
 
 import numpy as np
 
-from pda_repro.backends.base import Backend
 from pda_repro.methods.base import RunContext
 from pda_repro.methods.pda import PDA
-from pda_repro.methods.windows import (
-    WindowImputation,
-    WindowMethod,
-    check_outer,
-    check_sampler,
-    object_fingerprint,
-)
+from pda_repro.methods.windows import SamplerImputation, SamplerWindowMethod, WindowImputation
 
 
-class MeanImputation(WindowImputation):
+class MeanImputation(SamplerImputation):
     """The sampler's conditional mean, one evaluation per window (Algorithm 2, lines 5-6)."""
 
+    kind = "conditional_mean"
+
     def __init__(self, sampler: Any) -> None:
-        self.sampler = sampler
+        super().__init__(sampler)
 
     def impute(
         self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator
     ) -> np.ndarray:
         return self.sampler.mean_at(x, rows, cols)[:, None]
 
-    def fingerprint(self) -> dict:
-        return {
-            "kind": "conditional_mean",
-            "sampler": type(self.sampler).__name__,
-            "sampler_hash": object_fingerprint(self.sampler),
-        }
 
-
-class EmpiricalMeanImputation(WindowImputation):
+class EmpiricalMeanImputation(SamplerImputation):
     """The mean of S samples (float64 sum, float32 result), one evaluation per window (Fig. 15)."""
 
+    kind = "empirical_mean"
+
     def __init__(self, sampler: Any, samples: int) -> None:
-        self.sampler = sampler
-        self.samples = samples
+        super().__init__(sampler, samples)
         self.draws_per_window = samples
 
     def impute(
@@ -57,40 +46,12 @@ class EmpiricalMeanImputation(WindowImputation):
         draws = self.sampler.sample_at(x, rows, cols, self.samples, rng)
         return draws.mean(axis=1, dtype=np.float64, keepdims=True).astype(np.float32)
 
-    def fingerprint(self) -> dict:
-        return {
-            "kind": "empirical_mean",
-            "samples": self.samples,
-            "sampler": type(self.sampler).__name__,
-            "sampler_hash": object_fingerprint(self.sampler),
-        }
 
-
-class EfficientPDA(WindowMethod):
+class EfficientPDA(SamplerWindowMethod):
     """Algorithm 2: P(c|x\\w) ≈ P(c|x') with x'_w the conditional mean of the window."""
 
     name = "epda"
     uses = frozenset({"window", "outer", "stride", "sampler"})
-
-    def __init__(
-        self,
-        window: int = 10,
-        outer: int = 18,
-        stride: int = 1,
-        sampler: Any = None,
-        train_size: int | None = None,
-    ) -> None:
-        super().__init__(window=window, stride=stride, train_size=train_size)
-        self.outer = outer
-        self.sampler = sampler
-
-    def validate(self, net: Backend, image: np.ndarray) -> None:
-        super().validate(net, image)
-        self.outer = check_outer(self.outer, self.window)
-        check_sampler(self.sampler, self.name, self.window, self.outer, image)
-
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "outer": self.outer, "sampler": repr(self.sampler)}
 
     def imputation(self, ctx: RunContext) -> WindowImputation:
         return MeanImputation(self.sampler)

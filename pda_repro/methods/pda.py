@@ -13,38 +13,26 @@ import numpy as np
 
 from pda_repro.backends.base import Backend
 from pda_repro.methods.base import RunContext, check_positive_int
-from pda_repro.methods.windows import (
-    WindowImputation,
-    WindowMethod,
-    check_outer,
-    check_sampler,
-    object_fingerprint,
-)
+from pda_repro.methods.windows import SamplerImputation, SamplerWindowMethod, WindowImputation
 
 
-class SampledImputation(WindowImputation):
+class SampledImputation(SamplerImputation):
     """S draws per window from the sampler; each is one evaluation (Algorithm 1, lines 6-9)."""
 
+    kind = "samples"
+
     def __init__(self, sampler: Any, samples: int) -> None:
-        self.sampler = sampler
+        super().__init__(sampler, samples)
         self.evaluations_per_window = samples
         self.draws_per_window = samples
 
     def impute(
         self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator
     ) -> np.ndarray:
-        return self.sampler.sample_at(x, rows, cols, self.evaluations_per_window, rng)
-
-    def fingerprint(self) -> dict:
-        return {
-            "kind": "samples",
-            "samples": self.evaluations_per_window,
-            "sampler": type(self.sampler).__name__,
-            "sampler_hash": object_fingerprint(self.sampler),
-        }
+        return self.sampler.sample_at(x, rows, cols, self.samples, rng)
 
 
-class PDA(WindowMethod):
+class PDA(SamplerWindowMethod):
     """Algorithm 1: S samples per window, P(c|x\\w) = mean of their probabilities."""
 
     name = "pda"
@@ -60,24 +48,17 @@ class PDA(WindowMethod):
         sampler: Any = None,
         train_size: int | None = None,
     ) -> None:
-        super().__init__(window=window, stride=stride, train_size=train_size)
-        self.outer = outer
+        super().__init__(window=window, outer=outer, stride=stride, sampler=sampler, train_size=train_size)
         self.samples = samples
-        self.sampler = sampler
 
     def validate(self, net: Backend, image: np.ndarray) -> None:
-        super().validate(net, image)
-        self.outer = check_outer(self.outer, self.window)
         self.samples = check_positive_int("samples", self.samples)
-        check_sampler(self.sampler, self.name, self.window, self.outer, image)
+        super().validate(net, image)
 
     def params(self) -> dict[str, Any]:
-        return {
-            **super().params(),
-            "outer": self.outer,
-            "samples": self.samples,
-            "sampler": repr(self.sampler),
-        }
+        params = super().params()
+        sampler = params.pop("sampler")
+        return {**params, "samples": self.samples, "sampler": sampler}
 
     def imputation(self, ctx: RunContext) -> WindowImputation:
         return SampledImputation(self.sampler, self.samples)

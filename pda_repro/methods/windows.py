@@ -185,6 +185,25 @@ class WindowImputation(ABC):
         """JSON-able description of everything that changes the imputed values (for checkpoints)."""
 
 
+class SamplerImputation(WindowImputation):
+    """An imputation that draws on a sampler (pda_repro.sampling); `kind` and `samples` (S, if it
+    draws S per window) name it in checkpoints with the sampler's type and content hash."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, sampler: Any, samples: int | None = None) -> None:
+        self.sampler = sampler
+        self.samples = samples
+
+    def fingerprint(self) -> dict:
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.samples is not None:
+            out["samples"] = self.samples
+        out["sampler"] = type(self.sampler).__name__
+        out["sampler_hash"] = object_fingerprint(self.sampler)
+        return out
+
+
 def chunk_generator(root_seed: int, chunk_index: int) -> np.random.Generator:
     """The generator of one chunk of windows: independent streams from one root seed."""
     return np.random.default_rng(np.random.SeedSequence(root_seed, spawn_key=(chunk_index,)))
@@ -589,3 +608,28 @@ class WindowMethod(Method):
                 "units": "weight of evidence, log2 odds (Laplace-corrected)",
             },
         )
+
+
+class SamplerWindowMethod(WindowMethod):
+    """A window method whose windows come from a sampler fitted for window k and outer patch l:
+    PDA (Algorithm 1) and efficient PDA (Algorithm 2)."""
+
+    def __init__(
+        self,
+        window: int = 10,
+        outer: int = 18,
+        stride: int = 1,
+        sampler: Any = None,
+        train_size: int | None = None,
+    ) -> None:
+        super().__init__(window=window, stride=stride, train_size=train_size)
+        self.outer = outer
+        self.sampler = sampler
+
+    def validate(self, net: Backend, image: np.ndarray) -> None:
+        super().validate(net, image)
+        self.outer = check_outer(self.outer, self.window)
+        check_sampler(self.sampler, self.name, self.window, self.outer, image)
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "outer": self.outer, "sampler": repr(self.sampler)}
