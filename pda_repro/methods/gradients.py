@@ -9,6 +9,7 @@ One backward pass per requested class. Deep Taylor lives in `deep_taylor.py`.
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from typing import Any
 
 import numpy as np
@@ -24,56 +25,56 @@ def _input_gradients(ctx: RunContext, output: str) -> tuple[np.ndarray, float]:
     return grads.astype(np.float64), time.perf_counter() - t0
 
 
-class Saliency(Method):
+class InputGradientMethod(Method):
+    """A map from the input gradient of the class output: one backward pass; subclasses say how the
+    gradient becomes a map (`attribution`) and in what units."""
+
+    uses = frozenset({"output"})
+    units: str  # with {output} for "prob"/"logit"
+
+    def __init__(self, output: str = "logit") -> None:
+        self.output = output
+
+    def validate(self, net: Backend, image: np.ndarray) -> None:
+        self.output = check_output(self.output)
+
+    def params(self) -> dict[str, Any]:
+        return {"output": self.output}
+
+    @abstractmethod
+    def attribution(self, grads: np.ndarray, image: np.ndarray) -> np.ndarray:
+        """(classes, H, W) float64 from the gradients (classes, C, H, W) and the image (C, H, W)."""
+
+    def run(self, ctx: RunContext) -> MethodResult:
+        grads, seconds = _input_gradients(ctx, self.output)
+        return MethodResult(
+            maps=self.attribution(grads, ctx.image.astype(np.float64)),
+            backward_passes=1,
+            timings={"sampling": 0.0, "forward": 0.0, "backward": seconds, "other": 0.0},
+            params={"units": self.units.format(output=self.output)},
+        )
+
+
+class Saliency(InputGradientMethod):
     """Class saliency map (Simonyan et al., Table 2 row 1): R = max over channels of |∂f/∂x|.
 
     Simonyan et al. take the maximum magnitude across colour channels; so do we."""
 
     name = "saliency"
-    uses = frozenset({"output"})
+    units = "|d {output} / dx|, max over channels"
 
-    def __init__(self, output: str = "logit") -> None:
-        self.output = output
-
-    def validate(self, net: Backend, image: np.ndarray) -> None:
-        self.output = check_output(self.output)
-
-    def params(self) -> dict[str, Any]:
-        return {"output": self.output}
-
-    def run(self, ctx: RunContext) -> MethodResult:
-        grads, seconds = _input_gradients(ctx, self.output)
-        return MethodResult(
-            maps=np.abs(grads).max(axis=1),
-            backward_passes=1,
-            timings={"sampling": 0.0, "forward": 0.0, "backward": seconds, "other": 0.0},
-            params={"units": f"|d {self.output} / dx|, max over channels"},
-        )
+    def attribution(self, grads: np.ndarray, image: np.ndarray) -> np.ndarray:
+        return np.abs(grads).max(axis=1)
 
 
-class GradientXInput(Method):
+class GradientXInput(InputGradientMethod):
     """Gradient × input: R_i = Σ_channels x_i ∂f/∂x_i (no baseline; the input itself)."""
 
     name = "gradient_x_input"
-    uses = frozenset({"output"})
+    units = "x · d {output} / dx, summed over channels"
 
-    def __init__(self, output: str = "logit") -> None:
-        self.output = output
-
-    def validate(self, net: Backend, image: np.ndarray) -> None:
-        self.output = check_output(self.output)
-
-    def params(self) -> dict[str, Any]:
-        return {"output": self.output}
-
-    def run(self, ctx: RunContext) -> MethodResult:
-        grads, seconds = _input_gradients(ctx, self.output)
-        return MethodResult(
-            maps=(grads * ctx.image.astype(np.float64)[None]).sum(axis=1),
-            backward_passes=1,
-            timings={"sampling": 0.0, "forward": 0.0, "backward": seconds, "other": 0.0},
-            params={"units": f"x · d {self.output} / dx, summed over channels"},
-        )
+    def attribution(self, grads: np.ndarray, image: np.ndarray) -> np.ndarray:
+        return (grads * image[None]).sum(axis=1)
 
 
 # -- Grad-CAM --------------------------------------------------------------------------------------
