@@ -302,3 +302,26 @@ def test_default_setup_covers_the_figure_keys() -> None:
         assert all(c in runs for c in fig.columns)
         strides = {runs[c].stride for c in fig.columns if runs[c].stride is not None}
         assert len(strides) <= 1, f"{fig.name}: one stride per figure"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--photo-stride", "0"], "--photo-stride must be >= 1, got 0"),
+        (["--batch", "0"], "--batch must be >= 1"),
+    ],
+)
+def test_compute_cli_rejects_bad_settings(args: list[str], message: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        q.main(["compute", "--results-dir", str(tmp_path), *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_settings_for_a_gpu_full_resolution_run() -> None:
+    """`compute --device cuda --photo-stride 1`: every photo run at stride 1 on the GPU, said so."""
+    setup = q.default_setup(q.Settings(device="cuda", photo_stride=1, photo_batch=160))
+    photos = setup.image_sets["efficientnet_lite0"]
+    assert {photos.runs[k].stride for k in ("pda", "epda", "epda_sampled", "occlusion")} == {1}
+    assert photos.batch == 160 and "CUDA" in photos.model
+    assert photos.notes["stride"].startswith("stride 1: full resolution")

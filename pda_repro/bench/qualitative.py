@@ -218,6 +218,7 @@ class Settings:
     photo_batch: int = 4
     mnist_batch: int = 500
     backend: str = "torch"
+    device: str = "cpu"  # "cuda": e.g. stride-1 PDA maps on a GPU (with photo_batch 160)
     seed: int = 0
 
 
@@ -426,6 +427,7 @@ def default_setup(settings: Settings | None = None) -> Setup:
         " (= k, non-overlapping windows)" if st == k else f" (each pixel in up to {(k // st) ** 2} windows)"
     )
     n_full = (224 - k) // full + 1
+    where = "CPU" if s.device == "cpu" else s.device.upper()
     stride_reason = (
         f"stride {st}{tiling} for every method of the figure: stride 1 would be "
         f"{(224 - k + 1) ** 2 * S:,} forward passes per photo for PDA; at {MEASURED_FORWARD} that is "
@@ -438,6 +440,9 @@ def default_setup(settings: Settings | None = None) -> Setup:
             if (224 - k) % st
             else "Every pixel is covered."
         )
+        if st > 1
+        else f"stride 1: full resolution ({(224 - k + 1) ** 2 * S:,} forward passes per photo for PDA), "
+        f"computed on {where}"
     )
     full_reason = (
         f"stride {full}: efficient PDA needs one forward pass per window ({n_full**2:,} per photo at "
@@ -457,9 +462,11 @@ def default_setup(settings: Settings | None = None) -> Setup:
         """An image set of real photos explained on EfficientNet-Lite0 with the conditional sampler."""
         return ImageSet(
             name=name,
-            model="EfficientNet-Lite0 converted to Caffe (torch backend, CPU)",
+            model=f"EfficientNet-Lite0 converted to Caffe ({s.backend} backend, {where})",
             weights=eff.weights_note,
-            net=lambda: load_model("efficientnet_lite0", backend=s.backend, batch=s.photo_batch),
+            net=lambda: load_model(
+                "efficientnet_lite0", backend=s.backend, device=s.device, batch=s.photo_batch
+            ),
             subjects=subjects,
             class_names=imagenet_short,
             runs=runs,
@@ -508,9 +515,9 @@ def default_setup(settings: Settings | None = None) -> Setup:
         ),
         "mnist": ImageSet(
             name="mnist",
-            model="MNIST LeNet (2 conv, 2 max-pool, 2 FC; torch backend, CPU)",
+            model=f"MNIST LeNet (2 conv, 2 max-pool, 2 FC; {s.backend} backend, {where})",
             weights=mn.weights_note,
-            net=lambda: load_model("mnist", backend=s.backend, batch=s.mnist_batch),
+            net=lambda: load_model("mnist", backend=s.backend, device=s.device, batch=s.mnist_batch),
             subjects=lambda: _mnist_subjects(mn),
             class_names=lambda: [str(d) for d in range(10)],
             runs={
@@ -1291,6 +1298,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--results-dir", default=str(RESULTS_DIR))
     c.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    c.add_argument(
+        "--photo-stride",
+        type=int,
+        default=Settings.photo_stride,
+        help="window stride of the PDA comparisons on the photos (Figs 14/15, occlusion); 1 = full "
+        "resolution: ~2 h of a 2-core CPU per photo, minutes on a GPU",
+    )
+    c.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="images per forward pass on the photos (default 4 on cpu, 160 on cuda)",
+    )
     c.add_argument(
         "--subjects",
         help="comma-separated image names: compute only these (e.g. to share the work among processes); "
@@ -1304,13 +1325,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "compute":
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
+        if args.photo_stride < 1:
+            parser.error(f"--photo-stride must be >= 1, got {args.photo_stride}")
+        if args.batch is not None and args.batch < 1:
+            parser.error(f"--batch must be >= 1, got {args.batch}")
+        batch = args.batch or (Settings.photo_batch if args.device == "cpu" else 160)
+        settings = Settings(
+            seed=args.seed, device=args.device, photo_stride=args.photo_stride, photo_batch=batch
+        )
         import torch
 
         torch.set_num_threads(args.threads)
         only = _parse_only(args.only)
         try:
             report = compute(
-                default_setup(Settings(seed=args.seed)),
+                default_setup(settings),
                 only=only,
                 results_dir=args.results_dir,
                 force=args.force,
