@@ -327,3 +327,25 @@ def test_one_figure_per_set_of_weights(results):
     names = {p.name for p in FG.render_all(results).figures}
     assert f"fig11_mnist_bvlc_mnist_abcdef12_{ENV}.png" in names
     assert f"fig11_mnist_mnist_12345678_{ENV}.png" in names
+
+
+def test_batch_size_section_reads_the_benchmark_csv(tmp_path, rng):
+    """benchmarks/bench_batch.py's CSV becomes one README row per model/backend, fastest batch named."""
+    import json
+
+    import pandas as pd
+
+    env_dir = tmp_path / ENV
+    env_dir.mkdir()
+    assert FG._batch_section(env_dir) == []  # nothing measured: no section
+    ms = {1: 30.0 + rng.uniform(0.0, 0.5), 4: 20.0, 16: 21.0, 160: 45.0}
+    rows = [
+        {"model": "alexnet", "backend": "torch", "batch": b, "ms_per_image_best": v} for b, v in ms.items()
+    ]
+    rows += [{"model": "mnist", "backend": "torch", "batch": 16, "ms_per_image_best": 0.17}]
+    pd.DataFrame(rows).to_csv(env_dir / "batch_size.csv", index=False)
+    (env_dir / "batch_size.json").write_text(json.dumps({"settings": {"rounds": 3, "threads": 1}}))
+    text = "\n".join(FG._batch_section(env_dir))
+    assert "| model | backend | batch 1 | batch 4 | batch 16 | batch 160 | fastest |" in text
+    assert f"| alexnet | torch | {ms[1]:.3g} | 20 | 21 | 45 | 4 |" in text
+    assert "| mnist | torch | — | — | 0.17 | — | 16 |" in text and "best of 3 rounds, 1 thread(s)" in text

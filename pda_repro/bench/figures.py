@@ -690,6 +690,34 @@ def _sampling_section(env_dir: Path) -> list[str]:
     return lines
 
 
+def _batch_section(env_dir: Path) -> list[str]:
+    """Forward ms per image against batch size (benchmarks/bench_batch.py), one row per model/backend."""
+    data = _read(env_dir, "batch_size")
+    if data.empty:
+        return []
+    settings = _meta(env_dir, "batch_size").get("settings", {})
+    batches = sorted(int(b) for b in data["batch"].unique())
+    rows = []
+    for (model, backend), group in data.groupby(["model", "backend"], sort=False):
+        by_batch = dict(zip(group["batch"].astype(int), group["ms_per_image_best"], strict=True))
+        best = min(by_batch, key=by_batch.get)
+        rows.append(
+            [model, backend] + [f"{by_batch[b]:.3g}" if b in by_batch else "—" for b in batches] + [best]
+        )
+    threads = settings.get("threads", "?")
+    return [
+        "### Batch size on this CPU",
+        "",
+        f"Forward ms per image (best of {settings.get('rounds', '?')} rounds, {threads} thread(s) per library; "
+        "benchmarks/bench_batch.py). The default batch on a CPU (pda_repro.backends.default_batch) is chosen "
+        "from this table; the paper's 160 stays the benchmark setting.",
+        "",
+        _md_table(["model", "backend"] + [f"batch {b}" for b in batches] + ["fastest"], rows),
+        f"\nData: [batch_size.csv]({env_dir.name}/batch_size.csv)",
+        "",
+    ]
+
+
 def _fmt_cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -848,6 +876,7 @@ def write_readme(
         parts += _table1_section(env_dir)
         parts += _fig12_section(env_dir)
         parts += _sampling_section(env_dir)
+        parts += _batch_section(env_dir)
         parts += _approx_section(env_dir)
         mine = sorted(
             p for p in figures if p.name.endswith(f"{env}.png") or p.name.endswith(f"{env}_log.png")
