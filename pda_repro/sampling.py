@@ -43,6 +43,7 @@ import hashlib
 import os
 import re
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,16 +249,17 @@ def limit_blas_threads(n: int | None) -> Iterator[int]:
 # -- the shared contract ----------------------------------------------------------------------------------
 
 
-class WindowImputer:
+class WindowImputer(ABC):
     """Base of the samplers: what fills a k×k window (see the module docstring for the contract)."""
 
     k: int
     channels: int
 
+    @abstractmethod
     def check(self, x: ArrayLike) -> None:
         """Raise ValueError naming the values if image `x` (C×H×W) does not fit this sampler."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sample_at(
         self,
         x: ArrayLike,
@@ -268,11 +270,10 @@ class WindowImputer:
         dtype: DTypeLike = np.float32,
     ) -> np.ndarray:
         """n draws for each window (rows[i], cols[i]): (W, n, C, k, k)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def mean_at(self, x: ArrayLike, rows: ArrayLike, cols: ArrayLike, dtype: DTypeLike = np.float32):
         """The fill value (conditional mean) of each window: (W, C, k, k)."""
-        raise NotImplementedError
 
     def _grid(self, x: ArrayLike, stride: int) -> tuple[np.ndarray, np.ndarray, int, int]:
         shape = np.shape(x)

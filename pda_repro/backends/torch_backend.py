@@ -26,7 +26,8 @@ from pda_repro.backends.caffemodel import match_weights
 
 
 class CaffeLayer(nn.Module):
-    """One Caffe layer: `blobs` are its learnable blobs in Caffe's layout; forward maps bottoms to tops."""
+    """One Caffe layer: `blobs` are its learnable blobs in Caffe's layout; each subclass's
+    forward(*bottoms) returns the list of its tops."""
 
     def __init__(self, layer: Any, bottom_shapes: list[tuple], param_shapes: list[tuple]):
         super().__init__()
@@ -34,9 +35,6 @@ class CaffeLayer(nn.Module):
         self.blobs = nn.ParameterList(
             [nn.Parameter(torch.zeros(shape), requires_grad=False) for shape in param_shapes]
         )
-
-    def forward(self, *bottoms: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
 
 
 class Convolution(CaffeLayer):
