@@ -286,7 +286,9 @@ def test_same_class_photo_is_another_image_of_the_class() -> None:
     assert first.name == settings.same_class_of and second.name == f"{settings.same_class_photo}_crop"
     assert second.x.shape == first.x.shape == (3, 224, 224) and second.display.shape == (224, 224, 3)
     assert second.expected_class == first.expected_class == q.PHOTO_CLASSES[settings.same_class_of]
-    assert "cropped (x 0.15-0.65, y 0.1-0.9)" in second.note
+    assert second.note == "fruits.jpg, cropped"
+    fig17 = next(f for f in q.default_setup(settings).figures if f.key == "fig17")
+    assert "crop of fruits (x 0.15-0.65, y 0.1-0.9 of the photo)" in fig17.caption
     assert np.abs(second.x - first.x).mean() > 0.1  # a different image, not the same one again
     probs, _ = load_model("efficientnet_lite0", batch=2).forward(np.stack([first.x, second.x]))
     assert list(np.argmax(probs, axis=1)) == [first.expected_class] * 2  # both correctly classified

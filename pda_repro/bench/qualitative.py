@@ -300,7 +300,7 @@ def _invariance_subjects(spec: Any, settings: Settings) -> list[Subject]:
         (
             "cropped",
             crop_fraction(rgb, settings.invariance_crop, (h, w), spec.interpolation),
-            "cropped (x {:g}-{:g}, y {:g}-{:g})".format(*np.asarray(settings.invariance_crop)[[0, 2, 1, 3]]),
+            f"cropped ({_box_words(settings.invariance_crop)})",
         ),
         (f"rotated_{-a:+g}", rotate_and_crop(rgb, -a, (h, w), spec.interpolation), f"rotated {-a:+g}°"),
     ]
@@ -308,6 +308,11 @@ def _invariance_subjects(spec: Any, settings: Settings) -> list[Subject]:
         Subject(key, to_network_input(disp, spec), disp, note=note, expected_class=PHOTO_CLASSES.get(name))
         for key, disp, note in variants
     ]
+
+
+def _box_words(box: tuple[float, float, float, float]) -> str:
+    """A crop box (left, top, right, bottom fractions) in words: 'x 0.15-0.65, y 0.1-0.9'."""
+    return "x {:g}-{:g}, y {:g}-{:g}".format(*np.asarray(box)[[0, 2, 1, 3]])
 
 
 def _same_class_subjects(spec: Any, settings: Settings) -> list[Subject]:
@@ -324,12 +329,11 @@ def _same_class_subjects(spec: Any, settings: Settings) -> list[Subject]:
     _, h, w = spec.input_shape
     box = settings.same_class_crop
     display = crop_fraction(read_rgb(paths[settings.same_class_photo]), box, (h, w), spec.interpolation)
-    where = "x {:g}-{:g}, y {:g}-{:g}".format(*np.asarray(box)[[0, 2, 1, 3]])
     second = Subject(
         f"{settings.same_class_photo}_crop",
         to_network_input(display, spec),
         display,
-        note=f"{paths[settings.same_class_photo].name} cropped ({where})",
+        note=f"{paths[settings.same_class_photo].name}, cropped",
         expected_class=PHOTO_CLASSES.get(settings.same_class_of),
     )
     return [first, second]
@@ -620,7 +624,8 @@ def default_setup(settings: Settings | None = None) -> Setup:
             ("epda",),
             f"Fig. 17: efficient PDA on another photo of a Fig. 14 class ({s.same_class_of})",
             f"k={k}×{k}, l={l}×{l}, stride {s.invariance_stride}; rows: the Fig. 14 photo, then a crop of "
-            f"{s.same_class_photo}; class = the predicted (correct) class.",
+            f"{s.same_class_photo} ({_box_words(s.same_class_crop)} of the photo); class = the predicted "
+            "(correct) class.",
         ),
         FigureSpec(
             "fig18_efficientnet_lite0_invariance",
