@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                         "ms_per_image_median": 1000 * float(np.median(per_image[b])),
                         "ratio_to_best": best[b] / fastest,
                         "load_1min_before": load_before,
-                        "weights": net.weights_source,
+                        "weights": str(net.weights_source).replace(f"{REPO}/", ""),
                     }
                 )
                 print(

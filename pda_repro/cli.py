@@ -339,7 +339,7 @@ def _configure_explain(parser: argparse.ArgumentParser) -> None:
         "--batch",
         type=_positive_int,
         default=None,
-        help="images per forward pass (default: 160 on cuda, the paper's; 16 on cpu, faster per image there)",
+        help="images per forward pass (default: 160 on cuda, the paper's; 4 on cpu, faster per image there)",
     )
     parser.add_argument(
         "--backend", choices=("torch", "caffe"), default="torch", help="backend running the net"

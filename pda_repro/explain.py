@@ -70,7 +70,7 @@ def load_model(
 
     For zoo names the net carries its ModelSpec as `net.model_spec`; explain() reads the Laplace
     N (train_size) and deep Taylor's input bounds (input_range) from it. batch: images per framework
-    call (None: pda_repro.backends.default_batch(device) -- 160 on a GPU, 16 on a CPU)."""
+    call (None: pda_repro.backends.default_batch(device) -- 160 on a GPU, 4 on a CPU)."""
     from pda_repro.backends import load_backend  # noqa: PLC0415
 
     return load_backend(model, backend=backend, device=device, weights=weights, batch=batch)

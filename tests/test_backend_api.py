@@ -83,21 +83,21 @@ def test_results_do_not_depend_on_the_batch_split(backend, rng):
 
 @pytest.mark.parametrize("backend", BACKEND_NAMES)
 def test_default_batch_is_the_papers_on_gpu_and_small_on_cpu(backend, rng):
-    """No batch given: 16 images per framework call on a CPU (see benchmarks/bench_batch.py), the
+    """No batch given: 4 images per framework call on a CPU (see benchmarks/bench_batch.py), the
     paper's 160 on a GPU; explain(batch=None) follows the backend's batch."""
     from pda_repro.backends import CPU_BATCH, PAPER_BATCH, default_batch
     from pda_repro.explain import explain, load_model
 
-    assert (default_batch("cpu"), default_batch("cuda"), default_batch("cuda:1")) == (16, 160, 160)
-    assert (CPU_BATCH, PAPER_BATCH) == (16, 160)
-    assert _backend(backend, "mnist", weights="random").batch == 16
+    assert (default_batch("cpu"), default_batch("cuda"), default_batch("cuda:1")) == (4, 160, 160)
+    assert (CPU_BATCH, PAPER_BATCH) == (4, 160)
+    assert _backend(backend, "mnist", weights="random").batch == 4
     assert _backend(backend, "mnist", weights="random", batch=7).batch == 7
-    assert BACKENDS[backend]()(proto.read_prototxt(zoo.get("mnist").prototxt)).batch == 16
+    assert BACKENDS[backend]()(proto.read_prototxt(zoo.get("mnist").prototxt)).batch == 4
     if backend == "torch":
         net = load_model("mnist", weights="random")
         x = _inputs(rng, "mnist", 1)[0]
         res = explain(net, x, "occlusion", window=4, stride=4, progress=False)
-        assert net.batch == 16 and res.params["batch"] == 16
+        assert net.batch == 4 and res.params["batch"] == 4
         with pytest.raises(ValueError, match="batch"):
             explain(net, x, "occlusion", window=4, stride=4, batch=0, progress=False)
 

@@ -414,7 +414,6 @@ def default_setup(settings: Settings | None = None) -> Setup:
         "epda_sampled": MethodRun(
             "epda_sampled", "epda_sampled", f"efficient PDA, mean of {S} samples", k, l, S, st, "gauss"
         ),
-        "simplified": MethodRun("simplified", "simplified", "simplified (Alg. 3)", k, l, None, st, "gauss"),
         "epda_full": MethodRun("epda_full", "epda", "efficient PDA (Alg. 2)", k, l, None, full, "gauss"),
         "simplified_full": MethodRun(
             "simplified_full", "simplified", "simplified (Alg. 3)", k, l, None, full, "gauss"
