@@ -82,7 +82,6 @@ def load_backend(
         arrays, source = weights, "given arrays"
     else:
         arrays, source = read_caffemodel(weights), str(weights)
-    batch = default_batch(device) if batch is None else batch
     runner = BACKENDS[backend]()(net, device=device, batch=batch, weights=arrays, seed=seed)
     runner.model_spec = spec
     runner.weights_source = source

@@ -83,10 +83,6 @@ def _models_sorted(names: Sequence[str]) -> list[str]:
     return sorted(set(names), key=lambda m: (rank.get(m, len(rank)), m))
 
 
-def _weights_slug(weights: str) -> str:
-    return weights_slug(weights)
-
-
 def _random_weights(weights: str) -> bool:
     return str(weights).startswith("random")
 
@@ -485,7 +481,7 @@ def render_all(results_dir: str | Path = RESULTS_DIR, readme: bool = True) -> Re
             for model in _models_sorted(frame["model"]):
                 weights = sorted(frame.loc[frame["model"] == model, "weights"].astype(str).unique())
                 for w in weights:  # one figure per set of weights (e.g. random and an official caffemodel)
-                    stem = model if len(weights) == 1 else f"{model}_{_weights_slug(w)}"
+                    stem = model if len(weights) == 1 else f"{model}_{weights_slug(w)}"
                     path = plot(frame[frame["weights"].astype(str) == w], env_dir, model, out, stem)
                     if path is not None:
                         done.figures.append(path)

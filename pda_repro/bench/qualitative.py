@@ -432,26 +432,34 @@ def default_setup(settings: Settings | None = None) -> Setup:
     tiling = (
         " (= k, non-overlapping windows)" if st == k else f" (each pixel in up to {(k // st) ** 2} windows)"
     )
-    n_full = (224 - k) // full + 1
+    side = int(eff.input_shape[-1])  # 224: square inputs
+
+    def n_windows(stride: int) -> int:
+        return ((side - k) // stride + 1) ** 2
+
+    def uncovered(stride: int) -> int:  # pixel rows/columns at the far edges that no window reaches
+        return (side - k) % stride
+
+    pda_hours = n_windows(1) * S * 0.033 / 3600  # CPU hours of one stride-1 PDA map (33 ms per image)
     where = "CPU" if s.device == "cpu" else s.device.upper()
     stride_reason = (
         f"stride {st}{tiling} for every method of the figure: stride 1 would be "
-        f"{(224 - k + 1) ** 2 * S:,} forward passes per photo for PDA; at {MEASURED_FORWARD} that is "
-        f"~{(224 - k + 1) ** 2 * S * 0.033 / 3600:.1f} h CPU per photo ({len(s.photos)} photos: "
-        f"~{len(s.photos) * (224 - k + 1) ** 2 * S * 0.033 / 3600 / 2:.0f} h of both cores, more than a "
+        f"{n_windows(1) * S:,} forward passes per photo for PDA; at {MEASURED_FORWARD} that is "
+        f"~{pda_hours:.1f} h CPU per photo ({len(s.photos)} photos: "
+        f"~{len(s.photos) * pda_hours / 2:.0f} h of both cores, more than a "
         f"working session; no GPU was lent to the sessions that made these figures). At stride {st}: "
-        f"{((224 - k) // st + 1) ** 2 * S:,} forward passes per photo. "
+        f"{n_windows(st) * S:,} forward passes per photo. "
         + (
-            f"The last {(224 - k) % st} pixel rows/columns are covered by no window (grey in the maps)."
-            if (224 - k) % st
+            f"The last {uncovered(st)} pixel rows/columns are covered by no window (grey in the maps)."
+            if uncovered(st)
             else "Every pixel is covered."
         )
         if st > 1
-        else f"stride 1: full resolution ({(224 - k + 1) ** 2 * S:,} forward passes per photo for PDA), "
+        else f"stride 1: full resolution ({n_windows(1) * S:,} forward passes per photo for PDA), "
         f"computed on {where}"
     )
     full_reason = (
-        f"stride {full}: efficient PDA needs one forward pass per window ({n_full**2:,} per photo at "
+        f"stride {full}: efficient PDA needs one forward pass per window ({n_windows(full):,} per photo at "
         f"this stride; {MEASURED_FORWARD}), the simplified variant one forward and one backward pass in "
         "all, so both are shown at full resolution (PDA, S times dearer, is not: see Figs 14/15)."
     )
@@ -512,8 +520,8 @@ def default_setup(settings: Settings | None = None) -> Setup:
             notes={
                 "stride": (
                     f"stride {s.invariance_stride}: efficient PDA needs one forward pass per window "
-                    f"({((224 - k) // s.invariance_stride + 1) ** 2:,} per image at this stride; {MEASURED_FORWARD}). "
-                    f"The last {(224 - k) % s.invariance_stride} pixel rows/columns are covered by no window (grey)."
+                    f"({n_windows(s.invariance_stride):,} per image at this stride; {MEASURED_FORWARD}). "
+                    f"The last {uncovered(s.invariance_stride)} pixel rows/columns are covered by no window (grey)."
                 ),
                 "class": "every row explains the class predicted for the original photo",
                 "model": vgg_note,
@@ -749,9 +757,10 @@ def compute(
     by_set: dict[str, list[FigureSpec]] = {}
     for fig in figures:
         by_set.setdefault(fig.image_set, []).append(fig)
+    subjects_of = {name: setup.image_sets[name].subjects() for name in by_set}  # images read once
     wanted = None if subjects is None else set(subjects)
     if wanted is not None:
-        known = {sub.name for name in by_set for sub in setup.image_sets[name].subjects()}
+        known = {sub.name for subs in subjects_of.values() for sub in subs}
         unknown = sorted(wanted - known)
         if unknown or not wanted:
             raise ValueError(
@@ -763,7 +772,17 @@ def compute(
         for fig in figs:
             keys.extend(k for k in fig.columns if k not in keys)
         names = _compute_set(
-            image_set, keys, root / set_name, force, progress, ckpt_root, seed, say, report, wanted
+            image_set,
+            subjects_of[set_name],
+            keys,
+            root / set_name,
+            force,
+            progress,
+            ckpt_root,
+            seed,
+            say,
+            report,
+            wanted,
         )
         if wanted is None:
             for fig in figs:
@@ -833,6 +852,7 @@ def _request(image_set: ImageSet, run: MethodRun, subject: Subject, cls: int, la
 
 def _compute_set(
     image_set: ImageSet,
+    subjects: list[Subject],
     keys: list[str],
     set_dir: Path,
     force: bool,
@@ -846,7 +866,6 @@ def _compute_set(
     """Compute the missing runs `keys` of every subject (of those in `wanted`, if given); returns the
     subject names in order."""
     lazy = _Lazy(image_set)
-    subjects = image_set.subjects()
     names = [s.name for s in subjects]
     if len(set(names)) != len(names):
         raise ValueError(f"image set {image_set.name!r} has duplicate subject names: {names}")
@@ -1336,7 +1355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--photo-stride must be >= 1, got {args.photo_stride}")
         if args.batch is not None and args.batch < 1:
             parser.error(f"--batch must be >= 1, got {args.batch}")
-        batch = args.batch or (Settings.photo_batch if args.device == "cpu" else 160)
+        from pda_repro.backends import default_batch
+
+        batch = args.batch or (Settings.photo_batch if args.device == "cpu" else default_batch(args.device))
         settings = Settings(
             seed=args.seed, device=args.device, photo_stride=args.photo_stride, photo_batch=batch
         )
