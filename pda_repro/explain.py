@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pda_repro.backends.base import PAPER_BATCH, Backend
+from pda_repro.backends.base import Backend
 from pda_repro.methods import METHODS, WindowGrid, get_method
 from pda_repro.methods.base import ProgressCallback, RunContext, check_positive_int, model_spec
 
@@ -151,6 +151,8 @@ def explain(
     callback: ProgressCallback | None = None,
     checkpoint_batches: int = 50,
     checkpoint_seconds: float = 30.0,
+    keep_checkpoint: bool = False,
+    inference: str | None = None,
     **method_options: Any,
 ) -> Explanation:
     """Explain `net`'s decision on one preprocessed image (C×H×W) with `method`.
@@ -164,19 +166,24 @@ def explain(
       `net.model_spec.train_size`, else 100,000 for 1000-class nets, else an error asking for it).
     window/outer/samples/stride: k, l, S and the window stride. sampler: the imputer
       (pda_repro.sampling.PatchGaussian / MarginalSampler) fitted for k, l and the image's channels.
-    batch: at most this many images per backend.forward call (the result does not depend on it;
-      None: the backend's own batch, `net.batch`).
+    batch: at most this many window evaluations per backend.forward_windows call (None: the
+      backend's choice for the inference mode, `net.window_batch(mode)`).
     classes: class indices to explain (default all K). rng: Generator or int seed for the
       sampling methods (default seed 0); one root seed is taken from it.
     output: "prob" or "logit" for the gradient methods (None: the method's default).
     progress: tqdm bar with ETA; callback(done, total) after every batch.
     checkpoint: path; window methods save their running sums there every `checkpoint_batches`
       batches or `checkpoint_seconds` seconds and resume from it when rerun with the same arguments.
+    keep_checkpoint: leave the completed run's checkpoint in place (the caller removes it once
+      its results are written, so an interrupt between the two never loses the run).
     window_subset: evaluate only this many evenly spread windows (timing and extrapolation).
+    inference: how the backend computes the images with a window replaced -- "full" (paste and
+      re-run the whole net), "incremental" (re-compute only what the window changes; exact up to
+      float rounding), "auto" (incremental where the backend has it); None: the backend's own
+      setting (`net.inference`, default "auto"). The mode used is params["inference"].
     """
     started = time.perf_counter()
     cls = get_method(method)
-    batch = check_positive_int("batch", getattr(net, "batch", PAPER_BATCH) if batch is None else batch)
     x = _check_image(net, image)
     class_ids = _check_classes(net, classes)
     generator = _check_rng(rng)
@@ -188,6 +195,11 @@ def explain(
     if window_subset is not None and not cls.supports_window_subset:
         raise ValueError(f"window_subset applies to window methods only; method {method!r} has no windows")
     checkpoint_batches = check_positive_int("checkpoint_batches", checkpoint_batches)
+    try:
+        inference_used = net.resolve_inference(inference)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    batch = check_positive_int("batch", net.window_batch(inference_used) if batch is None else batch)
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable, got {type(callback).__name__}")
 
@@ -225,11 +237,20 @@ def explain(
         progress=progress,
         callback=callback,
         checkpoint=Path(checkpoint) if checkpoint is not None else None,
-        checkpoint_options={"every_batches": checkpoint_batches, "every_seconds": float(checkpoint_seconds)},
+        checkpoint_options={
+            "every_batches": checkpoint_batches,
+            "every_seconds": float(checkpoint_seconds),
+            "remove_when_done": not keep_checkpoint,
+        },
         window_subset=window_subset,
     )
     t1 = time.perf_counter()
-    result = instance.run(ctx)
+    previous_inference = net.inference
+    net.inference = inference_used
+    try:
+        result = instance.run(ctx)
+    finally:
+        net.inference = previous_inference
     t_run = time.perf_counter() - t1
     seconds = time.perf_counter() - started
     timings = {"sampling": 0.0, "forward": 0.0, "backward": 0.0, "other": 0.0, **result.timings}
@@ -242,6 +263,7 @@ def explain(
         "batch": batch,
         "backend": net.name,
         "device": net.device,
+        "inference": inference_used,
         "net": net.net_param.name,
         "image_shape": list(x.shape),
         "window_subset": window_subset,

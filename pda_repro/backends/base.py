@@ -14,6 +14,8 @@ from typing import Any, Literal
 import numpy as np
 
 Output = Literal["prob", "logit"]
+Inference = Literal["auto", "incremental", "full"]
+INFERENCE_MODES: tuple[str, ...] = ("auto", "incremental", "full")
 
 
 PAPER_BATCH = 160
@@ -29,6 +31,20 @@ def default_batch(device: str = "cpu") -> int:
     batches (0.11 vs 0.16 ms per image). The benchmark harness keeps the paper's 160 on every device
     (Table 1 is defined at batch 160)."""
     return PAPER_BATCH if str(device).startswith(("cuda", "gpu")) else CPU_BATCH
+
+
+def paste_windows(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, patches: np.ndarray) -> np.ndarray:
+    """N copies of the C×H×W image x, copy i with the k×k block at (rows[i], cols[i]) set to
+    patches[i] (N×C×k×k) -- one vectorised scatter, no per-window loop."""
+    n, _, k, _ = patches.shape
+    out = np.empty((n, *x.shape), dtype=x.dtype)
+    out[:] = x
+    offs = np.arange(k)
+    ii = np.arange(n)[:, None, None]
+    rr = rows[:, None, None] + offs[None, :, None]
+    cc = cols[:, None, None] + offs[None, None, :]
+    out[ii, :, rr, cc] = patches.transpose(0, 2, 3, 1)  # advanced dims first: (N, k, k, C)
+    return out
 
 
 class BackendError(ValueError):
@@ -60,6 +76,7 @@ class Backend(ABC):
     logits_blob: str
     num_classes: int
     model_spec = None  # the zoo ModelSpec, set by load_backend
+    inference: str = "auto"  # how forward_windows computes (see resolve_inference)
     weights_source = "given at construction"  # set by load_backend: a path or "random (seed N)"
 
     # -- construction helpers shared by the implementations ----------------------------------------
@@ -111,6 +128,97 @@ class Backend(ABC):
         self, x: np.ndarray, blob: str, classes: int | Sequence[int], output: Output = "logit"
     ) -> tuple[np.ndarray, np.ndarray]:
         """(activation, d output[n, classes[n]] / d activation) of the named blob, for Grad-CAM."""
+
+    # -- the image with windows replaced -----------------------------------------------------------
+    def incremental_note(self) -> str | None:
+        """None when this backend can compute forward_windows incrementally, else why not (one line)."""
+        return f"the {self.name} backend has no incremental inference"
+
+    def resolve_inference(self, mode: str | None = None) -> str:
+        """"full" or "incremental" for `mode` (default: self.inference); "auto" = incremental where
+        this backend has it. Asking for "incremental" where it is not available is a BackendError."""
+        mode = self.inference if mode is None else mode
+        if mode not in INFERENCE_MODES:
+            raise BackendError(f"inference must be one of {', '.join(INFERENCE_MODES)}, got {mode!r}")
+        note = self.incremental_note()
+        if mode == "auto":
+            return "full" if note else "incremental"
+        if mode == "incremental" and note:
+            raise BackendError(f"inference='incremental' is not available: {note}")
+        return mode
+
+    def window_batch(self, inference: str | None = None) -> int:
+        """Windows per forward_windows call when the caller does not choose (the window loop's
+        default batch) for an inference mode: here `batch`, the images per framework call."""
+        return self.batch
+
+    def forward_windows(
+        self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, patches: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and logits (N, K) of N copies of the C×H×W image `x`, copy i with its k×k
+        block at (rows[i], cols[i]) replaced by patches[i] (patches: N×C×k×k float32).
+
+        This base implementation pastes and calls `forward` (full re-inference, pycaffe's faithful
+        path); a backend with incremental inference overrides `_forward_windows_incremental` and
+        uses it when resolve_inference() says so."""
+        x, rows, cols, patches = self.check_windows(x, rows, cols, patches)
+        if self.resolve_inference() == "incremental":
+            return self._forward_windows_incremental(x, rows, cols, patches)
+        return self._forward_windows_full(x, rows, cols, patches)
+
+    def _forward_windows_full(
+        self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, patches: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        probs, logits = [], []
+        for start in range(0, rows.size, self.batch):
+            sel = slice(start, start + self.batch)
+            images = paste_windows(x, rows[sel], cols[sel], patches[sel])
+            p, lg = self.forward(images)
+            probs.append(p)
+            logits.append(lg)
+        return np.concatenate(probs), np.concatenate(logits)
+
+    def _forward_windows_incremental(
+        self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, patches: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - only reached when incremental_note() is None
+        raise BackendError(f"the {self.name} backend has no incremental inference")
+
+    def check_windows(
+        self, x: np.ndarray, rows: object, cols: object, patches: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Raise BackendError (naming the value) unless x is one float32 image of the input shape,
+        patches float32 N×C×k×k, and rows/cols N integer corners with the window inside the image."""
+        c, h, w = self.input_shape
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or tuple(x.shape) != (c, h, w):
+            got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
+            raise BackendError(f"forward_windows: x must be one float32 image ({c}, {h}, {w}), got {got}")
+        if not isinstance(patches, np.ndarray) or patches.dtype != np.float32:
+            got = patches.dtype if isinstance(patches, np.ndarray) else type(patches).__name__
+            raise BackendError(f"forward_windows: patches must be a float32 array, got {got}")
+        if patches.ndim != 4 or patches.shape[1] != c or patches.shape[2] != patches.shape[3]:
+            raise BackendError(
+                f"forward_windows: patches must be N×{c}×k×k (square windows), got {tuple(patches.shape)}"
+            )
+        k, n = patches.shape[2], patches.shape[0]
+        if not 1 <= k <= min(h, w) or n < 1:
+            raise BackendError(f"forward_windows: {n} patches of size {k} do not fit a {h}×{w} image")
+        corners = []
+        for name, value, limit in (("rows", rows, h - k), ("cols", cols, w - k)):
+            arr = np.asarray(value)
+            if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer):
+                raise BackendError(
+                    f"forward_windows: {name} must be {n} integers (one per patch), got {arr.dtype} {arr.shape}"
+                )
+            bad = arr[(arr < 0) | (arr > limit)]
+            if bad.size:
+                raise BackendError(
+                    f"forward_windows: {name} value {int(bad[0])} puts the {k}×{k} window outside the "
+                    f"{h}×{w} image (allowed 0..{limit})"
+                )
+            corners.append(arr.astype(np.int64))
+        if not np.isfinite(patches).all():
+            raise BackendError("forward_windows: patches hold NaN or Inf")
+        return np.ascontiguousarray(x), corners[0], corners[1], np.ascontiguousarray(patches)
 
     # -- weights ---------------------------------------------------------------------------------
     @abstractmethod

@@ -9,9 +9,10 @@ A window method is three choices, and nothing else:
 
 `run_window_loop` does the rest for all of them: it walks the windows in fixed chunks, asks the
 imputation for each chunk's patches (its noise drawn from a generator derived from one root seed and
-the chunk's index, so the batch size never changes a result), pastes (window × imputation) pairs
-into ONE reused buffer of at most `batch` images, runs `backend.forward`, and keeps per-window running
-sums of the requested classes' probabilities. It can checkpoint those sums atomically and resume.
+the chunk's index, so the batch size never changes which patch a window sees), hands (window ×
+imputation) pairs, at most `batch` at a time, to `backend.forward_windows` -- the image with those
+windows replaced; pasting + full forward or incremental inference is the backend's choice -- and
+keeps per-window running sums of the requested classes' probabilities. It can checkpoint those sums atomically and resume.
 
 Then `weight_of_evidence` (Laplace correction + log2 odds, Algorithm 1 line 11) turns the
 per-window probabilities into per-window WE, and `average_over_windows` gives each pixel the mean WE
@@ -247,13 +248,15 @@ class Checkpoint:
     (a temporary file in the same directory, then os.replace) every `every_batches` batches or
     `every_seconds` seconds, whichever comes first. A rerun whose identity (method, parameters, image,
     net, weights, sampler, classes, root seed, windows) equals the saved one resumes; any difference is
-    a ValueError naming the fields. The file is removed when the run completes.
+    a ValueError naming the fields. The file is removed when the run completes (unless
+    `remove_when_done` is False: then the caller removes it after writing its results).
     """
 
     path: Path
     identity: dict
     every_batches: int = 50
     every_seconds: float = 30.0
+    remove_when_done: bool = True  # False: the caller removes it once its results are safely written
 
     def load(self) -> tuple[int, np.ndarray, dict] | None:
         if not self.path.exists():
@@ -345,7 +348,7 @@ def run_window_loop(
     `batch` nor a resume changes which patch any evaluation sees. The probabilities of each window
     are summed in evaluation order in float64.
     """
-    c, h, w = x.shape
+    c = x.shape[0]
     k = window
     n_eval = int(imputation.evaluations_per_window)
     n_windows = rows.size
@@ -369,8 +372,6 @@ def run_window_loop(
     started = time.perf_counter()
     run_sampling = run_forward = 0.0
 
-    buffer = np.empty((max(1, min(batch, total - cursor)), c, h, w), dtype=np.float32)
-    buffer[:] = x
     cached_chunk: tuple[int, np.ndarray] | None = None
     forward_calls = images = 0
     last_save_time, batches_since_save = time.perf_counter(), 0
@@ -398,15 +399,10 @@ def run_window_loop(
                     cached_chunk = (ci, imputed)
                 sel = chunk_of == ci
                 patches[sel] = cached_chunk[1][win[sel] - ci * chunk_windows, draw[sel]]
-            corners = list(zip(rows[win].tolist(), cols[win].tolist(), strict=True))
-            for i, (r, q) in enumerate(corners):
-                buffer[i, :, r : r + k, q : q + k] = patches[i]
             t0 = time.perf_counter()
-            probs, _ = net.forward(buffer[:n])
+            probs, _ = net.forward_windows(x, rows[win], cols[win], patches)
             run_forward += time.perf_counter() - t0
             committing = True  # from here until the cursor moves, sums and cursor may disagree
-            for i, (r, q) in enumerate(corners):  # back to the image
-                buffer[i, :, r : r + k, q : q + k] = x[:, r : r + k, q : q + k]
             _accumulate(sums, win, draw, probs[:, classes].astype(np.float64))
             forward_calls += 1
             images += n
@@ -433,7 +429,7 @@ def run_window_loop(
     finally:
         bar.close()
     final = _timings(timings, run_sampling, run_forward, started)
-    if checkpoint is not None:
+    if checkpoint is not None and checkpoint.remove_when_done:
         checkpoint.remove()
     return WindowLoopResult(
         mean_probs=sums / n_eval,
