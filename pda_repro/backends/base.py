@@ -135,7 +135,7 @@ class Backend(ABC):
         return f"the {self.name} backend has no incremental inference"
 
     def resolve_inference(self, mode: str | None = None) -> str:
-        """"full" or "incremental" for `mode` (default: self.inference); "auto" = incremental where
+        """ "full" or "incremental" for `mode` (default: self.inference); "auto" = incremental where
         this backend has it. Asking for "incremental" where it is not available is a BackendError."""
         mode = self.inference if mode is None else mode
         if mode not in INFERENCE_MODES:

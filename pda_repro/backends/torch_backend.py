@@ -12,6 +12,7 @@ fully connected output before its in-place ReLU). Generally "<blob>@<layer>" wit
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,8 @@ from torch import nn
 from pda_repro import caffe_quirks, proto
 from pda_repro.backends.base import Backend, BackendError, Output
 from pda_repro.backends.caffemodel import match_weights
+from pda_repro.incremental.caffe_graph import caffe_graph
+from pda_repro.incremental.engine import BaseState, IncrementalEngine
 
 
 class CaffeLayer(nn.Module):
@@ -385,6 +388,43 @@ class TorchBackend(Backend):
             for name, blobs in fitted.items():
                 for param, array in zip(self.model.by_name[name].blobs, blobs, strict=True):
                     param.copy_(torch.from_numpy(array))
+        self._base_state = None  # stored activations belong to the old weights
+
+    # -- incremental inference (pda_repro.incremental) ----------------------------------------------
+    def _incremental_engine(self) -> IncrementalEngine | None:
+        if not hasattr(self, "_engine"):
+            graph = caffe_graph(self.model)
+            self._engine_note = graph.note()
+            self._engine = None if self._engine_note else IncrementalEngine(graph)
+        return self._engine
+
+    def incremental_note(self) -> str | None:
+        self._incremental_engine()
+        return self._engine_note
+
+    def base_state(self, x: np.ndarray) -> BaseState:
+        """The stored activations of image x (C×H×W), computed once per image and weights."""
+        key = (x.shape, hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).hexdigest())
+        cached = getattr(self, "_base_state", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                state = self._incremental_engine().prepare(torch.from_numpy(x.copy()[None]).to(self.device))
+            self._base_state = cached = (key, state)
+        return cached[1]
+
+    def _forward_windows_incremental(
+        self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, patches: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        engine, state = self._incremental_engine(), self.base_state(x)
+        probs, logits = [], []
+        with torch.no_grad():
+            for start in range(0, rows.size, self.batch):
+                sel = slice(start, start + self.batch)
+                chunk = torch.from_numpy(patches[sel]).to(self.device)
+                out = engine.forward_windows(state, rows[sel], cols[sel], chunk)
+                probs.append(out["prob"].reshape(chunk.shape[0], -1).cpu().numpy())
+                logits.append(out["logits"].reshape(chunk.shape[0], -1).cpu().numpy())
+        return np.concatenate(probs), np.concatenate(logits)
 
     # -- running -----------------------------------------------------------------------------------
     def _chunks(self, x: np.ndarray):

@@ -1,0 +1,211 @@
+"""Exact incremental inference: the image with a window replaced, re-computing only what it changes.
+
+`prepare(x)` runs the net once on the unmodified image and keeps every activation (local layers'
+inputs also padded, once). `forward_windows(state, rows, cols, patches)` then computes N modified
+images at once: the input's change is a k×k block per window; every node maps the changed blocks
+of its inputs to the changed block of its output --
+
+  local      output rows o with o*s - p <= last changed row and o*s - p + d*(K-1) >= first changed row
+             (columns alike), clipped to the output; the input block those rows read is gathered
+             from the stored (padded) activation with the window's changed values laid over it
+  pointwise  the same block
+  merge      the union of the inputs' blocks, each input gathered on it
+  dense      the blocks pasted into copies of the stored activations; from here on, full tensors
+
+-- as ONE batched operation per node: all windows of a batch share one block size (the largest
+clipped size among them), each block shifted to lie inside the map, which recomputes a few
+unchanged values (they equal the stored ones). Values outside a block equal the stored ones, so the
+result is the full forward pass's up to float rounding (tests: tests/test_incremental.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pda_repro.incremental.graph import Node, SpatialGraph
+
+
+@dataclass
+class Block:
+    """The changed part of a feature map for N windows: data (N, C, h, w) at top-left corners
+    (rows0[i], cols0[i]), always inside the map. Outside it the map equals the stored activation."""
+
+    data: torch.Tensor
+    rows0: np.ndarray
+    cols0: np.ndarray
+
+
+@dataclass
+class BaseState:
+    """Activations of the unmodified image (batch 1) by value, and the padded inputs of local nodes."""
+
+    values: dict[str, torch.Tensor]
+    padded: dict[str, torch.Tensor]
+
+    def nbytes(self) -> int:
+        tensors = list(self.values.values()) + list(self.padded.values())
+        return int(sum(t.numel() * t.element_size() for t in tensors))
+
+
+class IncrementalEngine:
+    """Runs a SpatialGraph incrementally (see the module docstring)."""
+
+    def __init__(self, graph: SpatialGraph) -> None:
+        if graph.unsupported:
+            raise ValueError(graph.note())
+        if not graph.spatial(graph.input):
+            raise ValueError(f"input {graph.input!r} is not an N×C×H×W image")
+        self.graph = graph
+        self.last_read = graph.last_reads()
+
+    # -- the unmodified image ----------------------------------------------------------------------
+    def prepare(self, x: torch.Tensor) -> BaseState:
+        """Run the net on one image (1×C×H×W) and keep what forward_windows needs."""
+        values = {self.graph.input: x}
+        for node in self.graph.nodes:
+            outs = node.full(*(values[v] for v in node.inputs))
+            values.update(zip(node.outputs, outs, strict=True))
+        padded = {}
+        for node in self.graph.nodes:
+            if node.kind == "local":
+                g = node.geometry
+                pads = (g.pad[1], g.bottom_pad(1), g.pad[0], g.bottom_pad(0))
+                padded[node.name] = F.pad(values[node.inputs[0]], pads, value=g.pad_value)[0]
+        return BaseState(values, padded)
+
+    # -- N modified images ---------------------------------------------------------------------------
+    def forward_windows(
+        self, state: BaseState, rows: np.ndarray, cols: np.ndarray, patches: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Outputs (by role: "prob", "logits") of the N images whose k×k window at (rows[i], cols[i])
+        is patches[i] (N×C×k×k, the dtype and device of the stored activations)."""
+        n = patches.shape[0]
+        live: dict[str, Block | torch.Tensor] = {self.graph.input: Block(patches, rows, cols)}
+        for i, node in enumerate(self.graph.nodes):
+            ins = [live.get(v) for v in node.inputs]
+            if all(b is None for b in ins):
+                outs = None  # the node does not see the windows
+            elif node.kind == "dense" or any(isinstance(b, torch.Tensor) for b in ins):
+                full = [self._materialise(state, v, b, n) for v, b in zip(node.inputs, ins, strict=True)]
+                outs = list(node.full(*full))
+            elif node.kind == "local":
+                outs = [self._local(state, node, ins[0])]
+            elif node.kind == "pointwise":
+                data = node.full(ins[0].data)
+                outs = [Block(d, ins[0].rows0, ins[0].cols0) for d in data]
+            else:
+                outs = self._merge(state, node, ins)
+            if outs is not None:
+                live.update(zip(node.outputs, outs, strict=True))
+            for v in node.inputs:
+                if self.last_read[v] == i:
+                    live.pop(v, None)
+        return {role: self._materialise(state, v, live.get(v), n) for role, v in self.graph.outputs.items()}
+
+    # -- node rules ------------------------------------------------------------------------------
+    def _local(self, state: BaseState, node: Node, block: Block) -> Block:
+        g = node.geometry
+        out0, size = [], []
+        for axis, corner in ((0, block.rows0), (1, block.cols0)):
+            o, s = _output_box(corner, block.data.shape[2 + axis], g, axis)
+            out0.append(o)
+            size.append(s)
+        extent = [(size[a] - 1) * g.stride[a] + g.reach(a) for a in (0, 1)]
+        # the input block in padded coordinates (the padded map starts at -pad)
+        starts = [out0[a] * g.stride[a] for a in (0, 1)]
+        src = state.padded[node.name]
+        corner_in = [starts[a] - g.pad[a] for a in (0, 1)]  # in unpadded input coordinates
+        data = _overlay(src, starts, extent, block, corner_in)
+        return Block(node.region(data, out0[0], out0[1]), out0[0], out0[1])
+
+    def _merge(self, state: BaseState, node: Node, ins: list[Block | None]) -> list[Block]:
+        changed = [b for b in ins if b is not None]
+        h, w = self.graph.shapes[node.inputs[0]][2:]
+        corner, size = [], []
+        for axis, limit in ((0, h), (1, w)):
+            lo = np.min([(b.rows0 if axis == 0 else b.cols0) for b in changed], axis=0)
+            hi = np.max(
+                [(b.rows0 if axis == 0 else b.cols0) + b.data.shape[2 + axis] for b in changed], axis=0
+            )
+            s = min(limit, int((hi - lo).max()))
+            corner.append(np.clip(lo, 0, limit - s))
+            size.append(s)
+        blocks = []
+        for v, b in zip(node.inputs, ins, strict=True):
+            if b is not None and b.data.shape[2:] == tuple(size) and _same(b, corner):
+                blocks.append(b.data)
+                continue
+            base = state.values[v][0]
+            blocks.append(_overlay(base, corner, size, b, corner))
+        return [Block(d, corner[0], corner[1]) for d in node.full(*blocks)]
+
+    def _materialise(
+        self, state: BaseState, value: str, b: Block | torch.Tensor | None, n: int
+    ) -> torch.Tensor:
+        base = state.values[value]
+        if isinstance(b, torch.Tensor):
+            return b
+        full = base.expand(n, *base.shape[1:]).clone()
+        if b is None:
+            return full
+        h, w = b.data.shape[2:]
+        idx_n, rr, cc = _grid(b.rows0, b.cols0, h, w, full.device)
+        full[idx_n, :, rr, cc] = b.data.permute(0, 2, 3, 1)
+        return full
+
+
+def _output_box(corner: np.ndarray, length: int, g, axis: int) -> tuple[np.ndarray, int]:
+    """Per-window first output index and the common block size of a local node along one axis."""
+    k_reach, s, p, out = g.reach(axis), g.stride[axis], g.pad[axis], g.out_size[axis]
+    lo = np.maximum(0, -((k_reach - 1 - corner - p) // s))  # ceil((corner + p - (reach-1)) / s)
+    hi = np.minimum(out - 1, (corner + length - 1 + p) // s)
+    size = int(min(out, max(1, int((hi - lo + 1).max()))))
+    return np.clip(lo, 0, out - size), size
+
+
+def _same(b: Block, corner: list[np.ndarray]) -> bool:
+    return np.array_equal(b.rows0, corner[0]) and np.array_equal(b.cols0, corner[1])
+
+
+def _grid(rows0: np.ndarray, cols0: np.ndarray, h: int, w: int, device) -> tuple[torch.Tensor, ...]:
+    """Index tensors (N,1,1), (N,h,1), (N,1,w) addressing the h×w blocks at the given corners."""
+    n = rows0.shape[0]
+    idx_n = torch.arange(n, device=device)[:, None, None]
+    rr = torch.as_tensor(rows0[:, None] + np.arange(h), device=device)[:, :, None]
+    cc = torch.as_tensor(cols0[:, None] + np.arange(w), device=device)[:, None, :]
+    return idx_n, rr, cc
+
+
+def _overlay(
+    src: torch.Tensor,
+    starts: list[np.ndarray],
+    size: list[int],
+    block: Block | None,
+    corner: list[np.ndarray],
+) -> torch.Tensor:
+    """N blocks of size `size` gathered from the stored C×H'×W' map `src` at `starts` (in src's
+    coordinates), with the changed `block` laid over them; `corner` is the same blocks' top-left in
+    the block's coordinates. Returns (N, C, size[0], size[1])."""
+    n = starts[0].shape[0]
+    hs, ws = size
+    rr = torch.as_tensor(starts[0][:, None] + np.arange(hs), device=src.device)
+    cc = torch.as_tensor(starts[1][:, None] + np.arange(ws), device=src.device)
+    base = src[:, rr[:, :, None], cc[:, None, :]].permute(1, 0, 2, 3)  # (N, C, hs, ws)
+    if block is None:
+        return base
+    bh, bw = block.data.shape[2:]
+    rel_r = corner[0][:, None] + np.arange(hs) - block.rows0[:, None]  # (N, hs)
+    rel_c = corner[1][:, None] + np.arange(ws) - block.cols0[:, None]
+    inside_r, inside_c = (rel_r >= 0) & (rel_r < bh), (rel_c >= 0) & (rel_c < bw)
+    if not inside_r.any() or not inside_c.any():
+        return base
+    idx_n = torch.arange(n, device=src.device)[:, None, None]
+    rr_b = torch.as_tensor(np.clip(rel_r, 0, bh - 1), device=src.device)[:, :, None]
+    cc_b = torch.as_tensor(np.clip(rel_c, 0, bw - 1), device=src.device)[:, None, :]
+    laid = block.data[idx_n, :, rr_b, cc_b].permute(0, 3, 1, 2)  # (N, C, hs, ws)
+    mask = torch.as_tensor(inside_r[:, :, None] & inside_c[:, None, :], device=src.device)[:, None]
+    return torch.where(mask, laid, base)
