@@ -6,11 +6,14 @@ that Gaussian's mean.  With the patch Gaussian N(μ, Σ)::
 
     mean = μ_w + Σ_wo Σ_oo⁻¹ (x_o − μ_o)          cov = Σ_ww − Σ_wo Σ_oo⁻¹ Σ_ow
 
-computed with Cholesky solves (never an explicit inverse).  Where the outer patch sticks out of the image it
-is clipped and only the in-image pixels are conditioned on (the marginal of the joint Gaussian): exact.
+computed with Cholesky solves (never an explicit inverse).  At the image border two rules exist
+(``border=``): ``"clip"`` (default) clips the outer patch where it sticks out of the image and conditions on
+the in-image pixels only (the marginal of the joint Gaussian: exact); ``"shift"`` is what the original PDA
+code does (``_get_surr_patch``): the l×l patch is shifted to lie inside the image, so the window is no
+longer at its centre, and the window is conditioned on the rest of that shifted patch.
 Because the Gaussian does not depend on the location, the gain Σ_wo Σ_oo⁻¹ and the Cholesky factor L of
-the conditional covariance depend only on how the outer patch is clipped; they are computed once per
-clipping case and cached, then all windows of a case get their means in one matrix product and their
+the conditional covariance depend only on how the outer patch is clipped (or, with border="shift", where
+the window lies in the shifted patch); they are computed once per such case and cached, then all windows of a case get their means in one matrix product and their
 samples as ``mean + L z`` in one (triangular) product.  The paper's "Sampling Time" paragraph measured
 about 5 minutes for one image's 501,760 samples when this is done per window.
 
@@ -307,15 +310,19 @@ class WindowImputer(ABC):
 # -- the conditional patch Gaussian -----------------------------------------------------------------------
 
 
+BORDER_MODES = ("clip", "shift")
+
+
 @dataclass(frozen=True)
 class _CaseFactors:
-    """Everything about one clipping case that does not depend on the image (float64 maths)."""
+    """Everything about one border case that does not depend on the image (float64 maths)."""
 
     patch_o: np.ndarray  # indices into the flattened (C, l, l) patch of the conditioning pixels o
     gain_t: np.ndarray  # (|o|, C·k·k) = (Σ_wo Σ_oo⁻¹)ᵀ
     offset: np.ndarray  # (C·k·k,) = μ_w − Σ_wo Σ_oo⁻¹ μ_o, so that mean = offset + x_o @ gain_t
     cond_cov: np.ndarray  # (C·k·k, C·k·k) conditional covariance
     cond_chol: np.ndarray  # its lower Cholesky factor L
+    frame: tuple[int, int]  # (row, col) of the window's top-left corner inside the l×l patch frame
 
 
 class PatchGaussian(WindowImputer):
@@ -324,7 +331,9 @@ class PatchGaussian(WindowImputer):
     Build it from parameters, ``PatchGaussian(mean, cov, k, l, channels)``, or estimate it with
     ``PatchGaussian.fit`` / ``PatchGaussian.fit_cached``; ``save`` / ``load`` keep it in a ``.npz``.
     ``blas_threads`` (default 1; None leaves BLAS alone) is the OpenBLAS thread count used while sampling:
-    single-threaded BLAS was faster in every measurement on the shared 2-core machine."""
+    single-threaded BLAS was faster in every measurement on the shared 2-core machine.
+    ``border`` ("clip" default, "shift" as the original PDA code) is how a window whose outer patch sticks
+    out of the image is conditioned (module docstring); ``with_border`` gives the other mode."""
 
     def __init__(
         self,
@@ -340,8 +349,11 @@ class PatchGaussian(WindowImputer):
         independent_channels: bool = False,
         ridge: float = 0.0,
         blas_threads: int | None = 1,
+        border: str = "clip",
     ) -> None:
         _check_window_sizes(k, l)
+        if border not in BORDER_MODES:
+            raise ValueError(f"border must be one of {', '.join(BORDER_MODES)}, got {border!r}")
         if blas_threads is not None:
             _check_count(blas_threads, "blas_threads")
         _check_count(channels, "channels")
@@ -381,6 +393,7 @@ class PatchGaussian(WindowImputer):
         self.independent_channels = bool(independent_channels)
         self.ridge = float(ridge)
         self.blas_threads = blas_threads
+        self.border = str(border)
         # patch-vector indices of the window pixels, in (C, k, k) order
         ch, ii, jj = np.meshgrid(
             np.arange(self.channels),
@@ -396,7 +409,27 @@ class PatchGaussian(WindowImputer):
     def __repr__(self) -> str:
         return (
             f"PatchGaussian(k={self.k}, l={self.l}, channels={self.channels}, tag={self.tag!r}, "
-            f"n_patches={self.n_patches}, independent_channels={self.independent_channels})"
+            f"n_patches={self.n_patches}, independent_channels={self.independent_channels}"
+            + (f", border={self.border!r})" if self.border != "clip" else ")")
+        )
+
+    def with_border(self, border: str) -> PatchGaussian:
+        """The same Gaussian with border rule `border` ("clip" or "shift"); self if it already has it."""
+        if border == self.border:
+            return self
+        return PatchGaussian(
+            self.mean,
+            self.cov,
+            self.k,
+            self.l,
+            self.channels,
+            tag=self.tag,
+            source=self.source,
+            n_patches=self.n_patches,
+            independent_channels=self.independent_channels,
+            ridge=self.ridge,
+            blas_threads=self.blas_threads,
+            border=border,
         )
 
     @property
@@ -641,13 +674,28 @@ class PatchGaussian(WindowImputer):
             axis=1,
         )
 
+    def _shift_cases(self, rows: np.ndarray, cols: np.ndarray, height: int, width: int) -> np.ndarray:
+        """border="shift": each window's (row, col) inside its l×l patch moved to lie in the image, (W, 2)."""
+        top = np.clip(rows - self.pad, 0, height - self.l)
+        left = np.clip(cols - self.pad, 0, width - self.l)
+        return np.stack([rows - top, cols - left], axis=1)
+
+    def _border_cases(self, rows: np.ndarray, cols: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Each window's border case: (top, bottom, left, right) clipping for "clip", its position in the
+        shifted patch (row, col) for "shift"."""
+        if self.border == "shift":
+            return self._shift_cases(rows, cols, height, width)
+        return self._clip_cases(rows, cols, height, width)
+
     def _groups(self, rows, cols, height, width):
         """Yield (case, indices of the windows with that case) in a fixed order."""
         if rows.size == 0:
             return
-        clips = self._clip_cases(rows, cols, height, width)
-        base = self.pad + 1
-        codes = ((clips[:, 0] * base + clips[:, 1]) * base + clips[:, 2]) * base + clips[:, 3]
+        clips = self._border_cases(rows, cols, height, width)
+        base = self.l + 1
+        codes = np.zeros(clips.shape[0], dtype=np.int64)
+        for column in clips.T:
+            codes = codes * base + column
         if codes.size and (codes == codes[0]).all():
             yield tuple(int(v) for v in clips[0]), None  # None: all windows
             return
@@ -658,9 +706,10 @@ class PatchGaussian(WindowImputer):
             idx = order[a:b]
             yield tuple(int(v) for v in clips[idx[0]]), idx
 
-    def case_factors(self, case: tuple[int, int, int, int]) -> _CaseFactors:
-        """Gain, offset and conditional Cholesky factor for one clipping case (top, bottom, left, right),
-        float64, computed with Cholesky solves and cached."""
+    def case_factors(self, case: tuple[int, ...]) -> _CaseFactors:
+        """Gain, offset and conditional Cholesky factor for one border case -- (top, bottom, left, right)
+        clipping with border="clip", the window's (row, col) in the shifted patch with "shift" -- float64,
+        computed with Cholesky solves and cached."""
         cached = self._cases.get(case)
         if cached is not None:
             return cached
@@ -669,14 +718,23 @@ class PatchGaussian(WindowImputer):
         self._cases[case] = factors
         return factors
 
-    def _factorise(self, case: tuple[int, int, int, int]) -> _CaseFactors:
-        top, bottom, left, right = case
+    def _factorise(self, case: tuple[int, ...]) -> _CaseFactors:
         size, pad, k = self.l, self.pad, self.k
         inside = np.zeros((self.channels, size, size), dtype=bool)
-        inside[:, top : size - bottom, left : size - right] = True
-        inside[:, pad : pad + k, pad : pad + k] = False  # the window itself is not conditioned on
+        if len(case) == 2:  # border="shift": the whole patch, the window at `case` inside it
+            wr, wc = case
+            if not (0 <= wr <= size - k and 0 <= wc <= size - k):
+                raise ValueError(f"shift case {case} puts the {k}×{k} window outside the {size}×{size} patch")
+            inside[:] = True
+        else:
+            top, bottom, left, right = case
+            wr = wc = pad
+            inside[:, top : size - bottom, left : size - right] = True
+        window = np.zeros_like(inside)
+        window[:, wr : wr + k, wc : wc + k] = True
+        inside &= ~window  # the window itself is not conditioned on
         patch_o = np.flatnonzero(inside.ravel())
-        w = self._patch_w
+        w = np.flatnonzero(window.ravel())  # (C, k, k) order, as self._patch_w
         s_oo = self.cov[np.ix_(patch_o, patch_o)]
         s_ow = self.cov[np.ix_(patch_o, w)]
         try:
@@ -698,7 +756,7 @@ class PatchGaussian(WindowImputer):
             ) from None
         cond_chol = np.tril(cond_chol)
         offset = self.mean[w] - self.mean[patch_o] @ gain_t
-        return _CaseFactors(patch_o, gain_t, offset, cond_cov, cond_chol)
+        return _CaseFactors(patch_o, gain_t, offset, cond_cov, cond_chol, (int(wr), int(wc)))
 
     def _factors(self, case, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         key = (case, dtype.str)
@@ -729,8 +787,9 @@ class PatchGaussian(WindowImputer):
         dt = _check_dtype(dtype)
         rows = window_starts(height, self.k)
         cols = window_starts(width, self.k)
-        clips_r = self._clip_cases(rows, np.zeros_like(rows), height, width)[:, :2]
-        clips_c = self._clip_cases(np.zeros_like(cols), cols, height, width)[:, 2:]
+        half = 1 if self.border == "shift" else 2  # case = (row part, col part)
+        clips_r = self._border_cases(rows, np.zeros_like(rows), height, width)[:, :half]
+        clips_c = self._border_cases(np.zeros_like(cols), cols, height, width)[:, half:]
         cases = {
             (*map(int, a), *map(int, b))
             for a in np.unique(clips_r, axis=0)
@@ -747,7 +806,7 @@ class PatchGaussian(WindowImputer):
         x = _check_image(x, self.channels, self.l, "outer patch l", np.dtype(np.float64))
         rows, cols = _check_windows([row], [col], self.k, x.shape[1], x.shape[2])
         mean = self.mean_at(x, rows, cols, dtype=np.float64)[0]
-        case = tuple(int(v) for v in self._clip_cases(rows, cols, x.shape[1], x.shape[2])[0])
+        case = tuple(int(v) for v in self._border_cases(rows, cols, x.shape[1], x.shape[2])[0])
         return mean, self.case_factors(case).cond_cov.copy()
 
     def _means_into(self, x: np.ndarray, rows, cols, out: np.ndarray) -> None:
@@ -758,10 +817,11 @@ class PatchGaussian(WindowImputer):
             for case, idx in self._groups(rows, cols, height, width):
                 gain_t, offset, _ = self._factors(case, out.dtype)
                 offs = self._image_offsets(case, height, width)
+                fr, fc = self.case_factors(case).frame  # window corner inside the patch frame
                 sel = np.arange(rows.size) if idx is None else idx
                 for a in range(0, sel.size, _CHUNK_WINDOWS):
                     part = sel[a : a + _CHUNK_WINDOWS]
-                    corner = (rows[part] - self.pad) * width + (cols[part] - self.pad)
+                    corner = (rows[part] - fr) * width + (cols[part] - fc)
                     x_o = flat[corner[:, None] + offs[None, :]]
                     res = x_o @ gain_t
                     res += offset

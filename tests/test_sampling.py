@@ -419,3 +419,74 @@ def test_limit_blas_threads_sets_and_restores_openblas_threads(rng):
         PatchGaussian(mean, cov, 2, 4, 1).conditional_means(x, dtype=np.float64),
         atol=1e-12,
     )
+
+
+# -- border="shift": the original PDA code's rule -----------------------------------------------------
+
+
+def original_shifted_conditional(mean, cov, k, l, x, row, col):  # noqa: E741
+    """The original PDA code's `_get_surr_patch` + `_get_cond_params`, written out directly: the l×l patch
+    is taken at the image edge when the window is within pad = (l-k)/2 of it (top/bottom/left/right tested
+    one by one, as there), else centred; the window's indices inside that patch are looked up; then
+    mean = μ_w + Σ_wo inv(Σ_oo) (x_o − μ_o), cov = Σ_ww − Σ_wo inv(Σ_oo) Σ_ow with an explicit inverse."""
+    channels, height, width = x.shape
+    pad = (l - k) // 2
+    upper, lower, left, right = row, row + k - 1, col, col + k - 1  # first/last window pixel
+    if upper < pad:  # upper side: patch rows 0..l-1
+        top = 0
+    elif lower > height - 1 - pad:  # lower side: the last l rows
+        top = height - l
+    else:
+        top = upper - pad
+    if left < pad:
+        start = 0
+    elif right > width - 1 - pad:
+        start = width - l
+    else:
+        start = left - pad
+    patch = x[:, top : top + l, start : start + l].reshape(-1)
+    index = np.arange(channels * l * l).reshape(channels, l, l)
+    w = index[:, row - top : row - top + k, col - start : col - start + k].ravel()
+    o = np.setdiff1d(np.arange(channels * l * l), w)
+    s_oo_inv = np.linalg.inv(cov[np.ix_(o, o)])
+    gain = cov[np.ix_(w, o)] @ s_oo_inv
+    cond_mean = mean[w] + gain @ (patch[o] - mean[o])
+    cond_cov = cov[np.ix_(w, w)] - gain @ cov[np.ix_(o, w)]
+    return cond_mean.reshape(channels, k, k), cond_cov
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=["C1", "C3"])
+def test_border_shift_equals_the_original_formula(rng, geometry):
+    channels, k, l, height, width = geometry  # noqa: E741
+    mean, cov, clip = random_patch_gaussian(rng, channels, k, l)
+    shift = clip.with_border("shift")
+    assert shift.border == "shift" and clip.border == "clip" and "shift" in repr(shift)
+    x = rng.normal(2.0, 1.5, size=(channels, height, width))
+    means = shift.conditional_means(x, stride=1, dtype=np.float64)
+    means_clip = clip.conditional_means(x, stride=1, dtype=np.float64)
+    pad = (l - k) // 2
+    n_border = 0
+    for r in range(height - k + 1):
+        for c in range(width - k + 1):
+            expected_mean, expected_cov = original_shifted_conditional(mean, cov, k, l, x, r, c)
+            np.testing.assert_allclose(means[r, c], expected_mean, rtol=0, atol=1e-8, err_msg=f"{r},{c}")
+            _, got_cov = shift.conditional_at(x, r, c)
+            np.testing.assert_allclose(got_cov, expected_cov, rtol=0, atol=1e-8, err_msg=f"{r},{c}")
+            interior = pad <= r <= height - k - pad and pad <= c <= width - k - pad
+            if interior:  # the centred patch fits: both rules are the same conditional
+                np.testing.assert_allclose(means[r, c], means_clip[r, c], rtol=0, atol=1e-10)
+            else:
+                n_border += 1
+                assert np.abs(means[r, c] - means_clip[r, c]).max() > 1e-6  # a different conditional
+    assert n_border > 0
+    # samples: mean + L z with the shifted conditional's Cholesky factor, z drawn in window order
+    rows, cols = np.array([0, height - k, 1]), np.array([width - k, 0, 1])
+    got = shift.sample_at(x, rows, cols, 3, np.random.default_rng(5), dtype=np.float64)
+    z = np.random.default_rng(5).standard_normal((rows.size, 3, channels * k * k))
+    for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
+        m, s = original_shifted_conditional(mean, cov, k, l, x, r, c)
+        expected = m.ravel() + z[i] @ np.linalg.cholesky(s).T
+        np.testing.assert_allclose(got[i].reshape(3, -1), expected, rtol=0, atol=1e-8)
+    assert shift.precompute(height, width) >= 4
+    with pytest.raises(ValueError, match="border must be one of clip, shift, got 'wrap'"):
+        clip.with_border("wrap")
