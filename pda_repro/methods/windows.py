@@ -7,12 +7,15 @@ A window method is three choices, and nothing else:
                                                    (Algorithm 1, line 10; with one evaluation it is
                                                    that evaluation, Algorithm 2, line 6)
 
-`run_window_loop` does the rest for all of them: it walks the windows in fixed chunks, asks the
-imputation for each chunk's patches (its noise drawn from a generator derived from one root seed and
-the chunk's index, so the batch size never changes which patch a window sees), hands (window ×
-imputation) pairs, at most `batch` at a time, to `backend.forward_windows` -- the image with those
-windows replaced; pasting + full forward or incremental inference is the backend's choice -- and
-keeps per-window running sums of the requested classes' probabilities. It can checkpoint those sums atomically and resume.
+`run_window_loop` does the rest for all of them. It splits the windows into fixed chunks -- the work
+unit, `run_chunk`: the imputation gives a chunk's patches (its noise drawn from a generator derived
+from one root seed and the chunk's index, so the batch size never changes which patch a window sees),
+(window × imputation) pairs go, at most `batch` at a time and in batches aligned to the chunk's
+start, to `backend.forward_windows` -- the image with those windows replaced; pasting + full forward
+or incremental inference is the backend's choice -- and each window's class probabilities are summed.
+An executor (pda_repro.parallel: in-process, or Ray actors on local cores or a cluster) runs the
+chunks; the driver places each finished chunk's sums, so the result does not depend on the executor,
+and checkpoints finished and unfinished chunks atomically for resume.
 
 Then `weight_of_evidence` (Laplace correction + log2 odds, Algorithm 1 line 11) turns the
 per-window probabilities into per-window WE, and `average_over_windows` gives each pixel the mean WE
@@ -27,6 +30,7 @@ import os
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -238,17 +242,180 @@ def object_fingerprint(obj: object) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# Work units: chunks of windows
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class WindowTask:
+    """One image's window evaluations split into chunks -- everything a worker needs (picklable).
+
+    Chunk i holds windows [i·m, (i+1)·m) of rows/cols (m = chunk_windows, fixed per method); its
+    patches come from `chunk_generator(root_seed, i)`. A chunk's evaluations are numbered
+    window-major (evaluation e is its window e // S, imputation e % S) and forwarded in batches of
+    `batch` that start at the chunk's first evaluation, so every executor -- in-process or any number
+    of workers -- forwards exactly the same batches and gets bitwise the same sums.
+    """
+
+    x: np.ndarray  # (C, H, W) float32
+    window: int
+    rows: np.ndarray  # (n_windows,) int64 top-left corners
+    cols: np.ndarray
+    imputation: WindowImputation
+    classes: np.ndarray  # (n_classes,) int64
+    batch: int
+    root_seed: int
+    chunk_windows: int
+
+    @property
+    def evaluations_per_window(self) -> int:
+        return int(self.imputation.evaluations_per_window)
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.rows.size)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_windows // self.chunk_windows)
+
+    @property
+    def total_evaluations(self) -> int:
+        return self.n_windows * self.evaluations_per_window
+
+    def chunk_slice(self, chunk: int) -> slice:
+        """The chunk's windows (positions in rows/cols)."""
+        return slice(chunk * self.chunk_windows, min(self.n_windows, (chunk + 1) * self.chunk_windows))
+
+    def chunk_size(self, chunk: int) -> int:
+        s = self.chunk_slice(chunk)
+        return s.stop - s.start
+
+    def chunk_evaluations(self, chunk: int) -> int:
+        return self.chunk_size(chunk) * self.evaluations_per_window
+
+
+@dataclass
+class ChunkState:
+    """One chunk's progress: evaluations done and the float64 class-probability sums of its windows
+    so far (what a checkpoint keeps of an unfinished chunk), plus the counters of this run's work."""
+
+    chunk: int
+    done: int
+    sums: np.ndarray  # (windows in the chunk, n_classes) float64
+    forward_calls: int = 0
+    images: int = 0
+    sampling: float = 0.0
+    forward: float = 0.0
+    committing: bool = False  # True between adding a batch to `sums` and counting it in `done`
+
+    @classmethod
+    def fresh(cls, task: WindowTask, chunk: int) -> ChunkState:
+        return cls(chunk, 0, np.zeros((task.chunk_size(chunk), task.classes.size), dtype=np.float64))
+
+
+def _accumulate(sums: np.ndarray, win: np.ndarray, draw: np.ndarray, values: np.ndarray) -> None:
+    """sums[win[e]] += values[e] for every evaluation e, each window's terms added in evaluation
+    order (ascending draw), so the float64 sums do not depend on how evaluations were batched."""
+    if draw.size and draw.min() == draw.max():  # one draw per window in this batch: windows are unique
+        sums[win] += values
+        return
+    for s in np.unique(draw):  # within one draw index a window occurs at most once
+        sel = draw == s
+        sums[win[sel]] += values[sel]
+
+
+def run_chunk(
+    net: Backend,
+    task: WindowTask,
+    state: ChunkState,
+    on_batch: Callable[[ChunkState, int], None] | None = None,
+) -> ChunkState:
+    """Finish one chunk on `net` -- the one work unit of every executor.
+
+    Imputes the chunk's windows from the chunk's own generator, forwards its remaining evaluations
+    (from `state.done`) `task.batch` at a time through `net.forward_windows`, and adds each window's
+    requested class probabilities to `state.sums` in evaluation order. on_batch(state, n) runs after
+    each batch of n evaluations. Returns `state`, updated in place."""
+    c, k, n_eval = task.x.shape[0], task.window, task.evaluations_per_window
+    ids = task.chunk_slice(state.chunk)
+    total = task.chunk_evaluations(state.chunk)
+    if state.done >= total:
+        return state
+    rows, cols = task.rows[ids], task.cols[ids]
+    t0 = time.perf_counter()
+    imputed = task.imputation.impute(task.x, rows, cols, chunk_generator(task.root_seed, state.chunk))
+    state.sampling += time.perf_counter() - t0
+    expected = (ids.stop - ids.start, n_eval, c, k, k)
+    if imputed.shape != expected:
+        raise RuntimeError(f"imputation returned {imputed.shape}, expected {expected}")
+    while state.done < total:
+        stop = min(total, (state.done // task.batch + 1) * task.batch)
+        evals = np.arange(state.done, stop, dtype=np.int64)
+        win, draw = evals // n_eval, evals % n_eval
+        patches = np.ascontiguousarray(imputed[win, draw], dtype=np.float32)
+        t0 = time.perf_counter()
+        probs, _ = net.forward_windows(task.x, rows[win], cols[win], patches)
+        state.forward += time.perf_counter() - t0
+        values = probs[:, task.classes].astype(np.float64)
+        state.committing = True  # from here until `done` moves, sums and done may disagree
+        _accumulate(state.sums, win, draw, values)
+        state.done = stop
+        state.committing = False
+        state.forward_calls += 1
+        state.images += evals.size
+        if on_batch is not None:
+            on_batch(state, int(evals.size))
+    return state
+
+
+class ChunkSink(ABC):
+    """What an executor reports to (the loop on the driver)."""
+
+    @abstractmethod
+    def advance(self, n: int, state: ChunkState | None = None) -> None:
+        """n more evaluations are done (negative: work lost with a dead worker, to be redone).
+        `state`: the chunk in this process whose batch just finished (in-process executor only)."""
+
+    @abstractmethod
+    def finished(self, state: ChunkState) -> None:
+        """A chunk is complete; its sums are final."""
+
+
+class ChunkExecutor(ABC):
+    """Runs chunks of one image's windows (pda_repro.parallel: in-process, Ray actors, auto)."""
+
+    name: str = "in-process"
+    workers: int = 1
+
+    @abstractmethod
+    def run(self, net: Backend, task: WindowTask, states: list[ChunkState], sink: ChunkSink) -> None:
+        """Bring every state to completion with run_chunk and report each to sink.finished."""
+
+
+# --------------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------------
 @dataclass
-class Checkpoint:
-    """Atomic save/resume of the loop's running sums.
+class CheckpointState:
+    """What a checkpoint holds: finished chunks with their windows' sums, unfinished ones with the
+    evaluations done and the sums so far, and the timings of the runs that wrote it."""
 
-    A run with `checkpoint=path` writes {identity, next evaluation, running sums, timings} to `path`
-    (a temporary file in the same directory, then os.replace) every `every_batches` batches or
-    `every_seconds` seconds, whichever comes first. A rerun whose identity (method, parameters, image,
-    net, weights, sampler, classes, root seed, windows) equals the saved one resumes; any difference is
-    a ValueError naming the fields. The file is removed when the run completes (unless
+    finished: dict[int, np.ndarray]
+    partial: dict[int, tuple[int, np.ndarray]]
+    timings: dict
+    evaluations: int
+
+
+@dataclass
+class Checkpoint:
+    """Atomic save/resume of the loop's finished and unfinished chunks.
+
+    A run with `checkpoint=path` writes {identity, finished chunk ids + their windows' sums,
+    unfinished chunks (evaluations done + sums so far), evaluations done ("cursor"), timings} to
+    `path` (a temporary file in the same directory, then os.replace) whenever a chunk finishes, and,
+    for the chunk running in this process, every `every_batches` batches or `every_seconds` seconds,
+    whichever comes first. A rerun whose identity (method, parameters, image, net, weights, sampler,
+    classes, root seed, windows) equals the saved one resumes -- with any number of workers; any
+    difference is a ValueError naming the fields. The file is removed when the run completes (unless
     `remove_when_done` is False: then the caller removes it after writing its results).
     """
 
@@ -258,14 +425,18 @@ class Checkpoint:
     every_seconds: float = 30.0
     remove_when_done: bool = True  # False: the caller removes it once its results are safely written
 
-    def load(self) -> tuple[int, np.ndarray, dict] | None:
+    def load(self) -> CheckpointState | None:
         if not self.path.exists():
             return None
         try:
             with np.load(self.path, allow_pickle=False) as f:
                 saved = json.loads(str(f["identity"]))
                 cursor = int(f["cursor"])
+                chunks = np.array(f["chunks"], dtype=np.int64)
+                sizes = np.array(f["chunk_sizes"], dtype=np.int64)
                 sums = np.array(f["sums"], dtype=np.float64)
+                partial = np.array(f["partial"], dtype=np.int64).reshape(-1, 3)  # chunk, done, size
+                partial_sums = np.array(f["partial_sums"], dtype=np.float64)
                 timings = json.loads(str(f["timings"]))
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear error
             raise ValueError(f"checkpoint {self.path} is not a readable PDA checkpoint: {exc}") from exc
@@ -277,20 +448,39 @@ class Checkpoint:
                 f"checkpoint {self.path} was written by a run with other arguments ({details}); "
                 "rerun with the same arguments to resume, or delete the file / pass another path"
             )
-        return cursor, sums, timings
+        if sums.shape[0] != sizes.sum() or partial_sums.shape[0] != partial[:, 2].sum():
+            raise ValueError(f"checkpoint {self.path} is inconsistent (chunk sizes and sums disagree)")
+        blocks = np.split(sums, np.cumsum(sizes)[:-1]) if chunks.size else []
+        finished = dict(zip(chunks.tolist(), blocks, strict=True))
+        parts = np.split(partial_sums, np.cumsum(partial[:, 2])[:-1]) if partial.size else []
+        unfinished = {int(ci): (int(done), s) for (ci, done, _), s in zip(partial, parts, strict=True)}
+        return CheckpointState(finished, unfinished, timings, cursor)
 
-    def save(self, cursor: int, sums: np.ndarray, timings: dict) -> None:
+    def save(
+        self,
+        finished: dict[int, np.ndarray],
+        partial: list[ChunkState],
+        evaluations: int,
+        timings: dict,
+        n_classes: int,
+    ) -> None:
+        ids = sorted(finished)
+        empty = np.zeros((0, n_classes), dtype=np.float64)
+        arrays = {
+            "identity": np.array(json.dumps(self.identity)),
+            "cursor": np.array(evaluations, dtype=np.int64),
+            "chunks": np.array(ids, dtype=np.int64),
+            "chunk_sizes": np.array([finished[i].shape[0] for i in ids], dtype=np.int64),
+            "sums": np.concatenate([finished[i] for i in ids]) if ids else empty,
+            "partial": np.array([(s.chunk, s.done, s.sums.shape[0]) for s in partial], dtype=np.int64),
+            "partial_sums": np.concatenate([s.sums for s in partial]) if partial else empty,
+            "timings": np.array(json.dumps(timings)),
+        }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh,
-                    identity=np.array(json.dumps(self.identity)),
-                    cursor=np.array(cursor, dtype=np.int64),
-                    sums=sums,
-                    timings=np.array(json.dumps(timings)),
-                )
+                np.savez(fh, **arrays)
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -306,22 +496,152 @@ class Checkpoint:
 @dataclass
 class WindowLoopResult:
     mean_probs: np.ndarray  # (n_windows, n_classes) float64: P(c|x\w) per window, requested classes
-    forward_calls: int  # backend.forward calls made by this process (resumed work not counted)
+    forward_calls: int  # forward_windows calls made by this run, all workers (resumed work not counted)
     images_forwarded: int  # images in those calls
     resumed_evaluations: int  # evaluations taken from a checkpoint
     chunk_windows: int
     timings: dict = field(default_factory=dict)  # sampling / forward / other seconds (incl. resumed)
+    executor: str = "in-process"
+    workers: int = 1
 
 
-def _accumulate(sums: np.ndarray, win: np.ndarray, draw: np.ndarray, values: np.ndarray) -> None:
-    """sums[win[e]] += values[e] for every evaluation e, each window's terms added in evaluation
-    order (ascending draw), so the float64 sums do not depend on how evaluations were batched."""
-    if draw.size and draw.min() == draw.max():  # one draw per window in this batch: windows are unique
-        sums[win] += values
-        return
-    for s in np.unique(draw):  # within one draw index a window occurs at most once
-        sel = draw == s
-        sums[win[sel]] += values[sel]
+class _LoopRun(ChunkSink):
+    """The driver's side of one run: per-window sums, progress bar, callback and checkpoint."""
+
+    def __init__(
+        self,
+        task: WindowTask,
+        checkpoint: Checkpoint | None,
+        progress: bool,
+        callback: ProgressCallback | None,
+        description: str,
+    ) -> None:
+        self.task, self.checkpoint, self.callback = task, checkpoint, callback
+        self.sums = np.zeros((task.n_windows, task.classes.size), dtype=np.float64)
+        self.finished_sums: dict[int, np.ndarray] = {}
+        self.partial: dict[int, ChunkState] = {}  # unfinished chunks from the checkpoint
+        self.live: ChunkState | None = None  # the chunk running in this process
+        self.base_timings = {"sampling": 0.0, "forward": 0.0, "other": 0.0}
+        self.done_evaluations = 0
+        if checkpoint is not None:
+            saved = checkpoint.load()
+            if saved is not None:
+                self._restore(saved)
+        self.resumed = self.done_evaluations
+        self.forward_calls = self.images = 0
+        self.sampling = self.forward = 0.0  # this run's finished chunks
+        self.started = self.last_save = time.perf_counter()
+        self.batches_since_save = 0
+        self.bar = tqdm(
+            total=task.total_evaluations,
+            initial=self.done_evaluations,
+            unit="img",
+            desc=description,
+            disable=not progress,
+            leave=False,
+            smoothing=0.1,
+        )
+
+    def _restore(self, saved: CheckpointState) -> None:
+        task, path = self.task, self.checkpoint.path if self.checkpoint else None
+        n_cls = task.classes.size
+        for ci, sums in saved.finished.items():
+            if not 0 <= ci < task.n_chunks or sums.shape != (task.chunk_size(ci), n_cls):
+                raise ValueError(
+                    f"checkpoint {path} holds chunk {ci} with sums {sums.shape}; this run has "
+                    f"{task.n_chunks} chunks of up to ({task.chunk_windows}, {n_cls})"
+                )
+            self.sums[task.chunk_slice(ci)] = sums
+            self.finished_sums[ci] = sums
+        for ci, (done, sums) in saved.partial.items():
+            if (
+                not 0 <= ci < task.n_chunks
+                or ci in saved.finished
+                or sums.shape != (task.chunk_size(ci), n_cls)
+                or not 0 <= done <= task.chunk_evaluations(ci)
+            ):
+                raise ValueError(
+                    f"checkpoint {path} holds unfinished chunk {ci} at evaluation {done} with sums "
+                    f"{sums.shape}; this run has {task.n_chunks} chunks of up to ({task.chunk_windows}, {n_cls})"
+                )
+            self.partial[ci] = ChunkState(ci, done, sums)
+        self.done_evaluations = sum(task.chunk_evaluations(ci) for ci in self.finished_sums) + sum(
+            s.done for s in self.partial.values()
+        )
+        self.base_timings.update({k: float(v) for k, v in saved.timings.items() if k in self.base_timings})
+
+    def pending(self) -> list[ChunkState]:
+        """The chunks still to do, in chunk order (unfinished ones continue where they stopped)."""
+        return [
+            self.partial.get(ci) or ChunkState.fresh(self.task, ci)
+            for ci in range(self.task.n_chunks)
+            if ci not in self.finished_sums
+        ]
+
+    # -- ChunkSink ---------------------------------------------------------------------------------
+    def advance(self, n: int, state: ChunkState | None = None) -> None:
+        self.done_evaluations += n
+        self.bar.update(n)
+        if state is not None:
+            self.live = state
+            self.batches_since_save += 1
+            if self.checkpoint is not None and self.done_evaluations < self.task.total_evaluations:
+                now = time.perf_counter()
+                if (
+                    self.batches_since_save >= self.checkpoint.every_batches
+                    or now - self.last_save >= self.checkpoint.every_seconds
+                ):
+                    self.save()
+        if self.callback is not None:
+            self.callback(self.done_evaluations, self.task.total_evaluations)
+
+    def finished(self, state: ChunkState) -> None:
+        if state.done != self.task.chunk_evaluations(state.chunk):  # pragma: no cover - executor bug
+            raise RuntimeError(f"chunk {state.chunk} reported finished at evaluation {state.done}")
+        self.sums[self.task.chunk_slice(state.chunk)] = state.sums
+        self.finished_sums[state.chunk] = state.sums
+        self.partial.pop(state.chunk, None)
+        if self.live is not None and self.live.chunk == state.chunk:
+            self.live = None
+        self.forward_calls += state.forward_calls
+        self.images += state.images
+        self.sampling += state.sampling
+        self.forward += state.forward
+        if self.checkpoint is not None and len(self.finished_sums) < self.task.n_chunks:
+            self.save()
+
+    # -- checkpoint --------------------------------------------------------------------------------
+    def timings(self) -> dict:
+        live = self.live if self.live is not None else ChunkState(-1, 0, np.zeros((0, 0)))
+        sampling, forward = self.sampling + live.sampling, self.forward + live.forward
+        elapsed = time.perf_counter() - self.started
+        return {
+            "sampling": self.base_timings["sampling"] + sampling,
+            "forward": self.base_timings["forward"] + forward,
+            "other": self.base_timings["other"] + max(0.0, elapsed - sampling - forward),
+        }
+
+    def save(self) -> None:
+        partial = dict(self.partial)
+        if self.live is not None and not self.live.committing and self.live.done > 0:
+            partial[self.live.chunk] = self.live
+        self.checkpoint.save(
+            self.finished_sums,
+            [partial[ci] for ci in sorted(partial)],
+            self.done_evaluations,
+            self.timings(),
+            self.task.classes.size,
+        )
+        self.last_save, self.batches_since_save = time.perf_counter(), 0
+
+    def interrupted(self) -> None:
+        """Ctrl-C: keep what is done. If the interrupt hit the few statements between a batch's
+        accumulation and its count, that chunk's progress is left at the last periodic checkpoint."""
+        if self.checkpoint is None or self.done_evaluations <= self.resumed:
+            return
+        if self.live is not None and self.live.committing:
+            self.live = None
+        self.save()
 
 
 def run_window_loop(
@@ -339,116 +659,57 @@ def run_window_loop(
     progress: bool = True,
     callback: ProgressCallback | None = None,
     description: str = "windows",
+    executor: ChunkExecutor | None = None,
 ) -> WindowLoopResult:
     """Evaluate every window's imputations and return each window's mean class probabilities.
 
-    Evaluation e (global, window-major) is window e // S, imputation e % S. Batch b holds evaluations
-    [b·batch, (b+1)·batch) -- fixed positions, so a resumed run forwards the same batches. Noise for
-    windows [i·m, (i+1)·m) comes from `chunk_generator(root_seed, i)`, m fixed per method, so neither
-    `batch` nor a resume changes which patch any evaluation sees. The probabilities of each window
-    are summed in evaluation order in float64.
+    The windows are split into chunks of m (fixed per method: CHUNK_DRAWS // draws per window); a
+    chunk is the work unit (`run_chunk`): its noise comes from `chunk_generator(root_seed, i)` and
+    its evaluations are forwarded in batches of `batch` aligned to the chunk's start, so neither
+    `batch`, a resume nor the executor (pda_repro.parallel: in-process by default, or Ray workers)
+    changes which patch any evaluation sees, and every executor forwards the same batches: the sums,
+    float64 in evaluation order per window, are bitwise the same.
     """
-    c = x.shape[0]
-    k = window
-    n_eval = int(imputation.evaluations_per_window)
-    n_windows = rows.size
-    total = n_windows * n_eval
     chunk_windows = max(1, CHUNK_DRAWS // max(1, int(imputation.draws_per_window)))
-    sums = np.zeros((n_windows, classes.size), dtype=np.float64)
-    timings = {"sampling": 0.0, "forward": 0.0, "other": 0.0}
-    cursor = 0
-    if checkpoint is not None:
-        state = checkpoint.load()
-        if state is not None:
-            cursor, saved_sums, saved_timings = state
-            if saved_sums.shape != sums.shape or not 0 <= cursor <= total:
-                raise ValueError(
-                    f"checkpoint {checkpoint.path} holds sums {saved_sums.shape} at evaluation {cursor}; "
-                    f"this run needs {sums.shape} and at most {total} evaluations"
-                )
-            sums = saved_sums
-            timings.update({k_: float(v) for k_, v in saved_timings.items() if k_ in timings})
-    resumed = cursor
-    started = time.perf_counter()
-    run_sampling = run_forward = 0.0
+    task = WindowTask(
+        x=x,
+        window=window,
+        rows=np.asarray(rows, dtype=np.int64),
+        cols=np.asarray(cols, dtype=np.int64),
+        imputation=imputation,
+        classes=np.asarray(classes, dtype=np.int64),
+        batch=int(batch),
+        root_seed=int(root_seed),
+        chunk_windows=chunk_windows,
+    )
+    if executor is None:
+        from pda_repro.parallel import InProcessExecutor  # noqa: PLC0415 - parallel imports this module
 
-    cached_chunk: tuple[int, np.ndarray] | None = None
-    forward_calls = images = 0
-    last_save_time, batches_since_save = time.perf_counter(), 0
-
-    committing = False
-    bar = tqdm(total=total, initial=cursor, unit="img", desc=description, disable=not progress, leave=False)
+        executor = InProcessExecutor()
+    run = _LoopRun(task, checkpoint, progress, callback, description)
     try:
-        while cursor < total:
-            stop = min(total, (cursor // batch + 1) * batch)
-            evals = np.arange(cursor, stop, dtype=np.int64)
-            win, draw = evals // n_eval, evals % n_eval
-            n = evals.size
-            patches = np.empty((n, c, k, k), dtype=np.float32)
-            chunk_of = win // chunk_windows
-            for ci in np.unique(chunk_of):
-                ci = int(ci)
-                if cached_chunk is None or cached_chunk[0] != ci:
-                    ids = slice(ci * chunk_windows, min(n_windows, (ci + 1) * chunk_windows))
-                    t0 = time.perf_counter()
-                    imputed = imputation.impute(x, rows[ids], cols[ids], chunk_generator(root_seed, ci))
-                    run_sampling += time.perf_counter() - t0
-                    expected = (ids.stop - ids.start, n_eval, c, k, k)
-                    if imputed.shape != expected:
-                        raise RuntimeError(f"imputation returned {imputed.shape}, expected {expected}")
-                    cached_chunk = (ci, imputed)
-                sel = chunk_of == ci
-                patches[sel] = cached_chunk[1][win[sel] - ci * chunk_windows, draw[sel]]
-            t0 = time.perf_counter()
-            probs, _ = net.forward_windows(x, rows[win], cols[win], patches)
-            run_forward += time.perf_counter() - t0
-            committing = True  # from here until the cursor moves, sums and cursor may disagree
-            _accumulate(sums, win, draw, probs[:, classes].astype(np.float64))
-            forward_calls += 1
-            images += n
-            cursor = stop
-            committing = False
-            batches_since_save += 1
-            if checkpoint is not None and cursor < total:
-                now = time.perf_counter()
-                if (
-                    batches_since_save >= checkpoint.every_batches
-                    or now - last_save_time >= checkpoint.every_seconds
-                ):
-                    checkpoint.save(cursor, sums, _timings(timings, run_sampling, run_forward, started))
-                    last_save_time, batches_since_save = now, 0
-            bar.update(n)
-            if callback is not None:
-                callback(cursor, total)
+        executor.run(net, task, run.pending(), run)
     except KeyboardInterrupt:
-        # Ctrl-C: keep what is done. Sums and cursor agree unless the interrupt hit the few statements
-        # between the forward pass and the cursor update; then the last periodic checkpoint stands.
-        if checkpoint is not None and not committing and cursor > resumed:
-            checkpoint.save(cursor, sums, _timings(timings, run_sampling, run_forward, started))
+        run.interrupted()
         raise
     finally:
-        bar.close()
-    final = _timings(timings, run_sampling, run_forward, started)
+        run.bar.close()
+    missing = task.n_chunks - len(run.finished_sums)
+    if missing:  # pragma: no cover - an executor bug, never a silent partial map
+        raise RuntimeError(f"executor {executor.name} returned with {missing} chunks unfinished")
+    final = run.timings()
     if checkpoint is not None and checkpoint.remove_when_done:
         checkpoint.remove()
     return WindowLoopResult(
-        mean_probs=sums / n_eval,
-        forward_calls=forward_calls,
-        images_forwarded=images,
-        resumed_evaluations=resumed,
+        mean_probs=run.sums / task.evaluations_per_window,
+        forward_calls=run.forward_calls,
+        images_forwarded=run.images,
+        resumed_evaluations=run.resumed,
         chunk_windows=chunk_windows,
         timings=final,
+        executor=executor.name,
+        workers=executor.workers,
     )
-
-
-def _timings(previous: dict, sampling: float, forward: float, started: float) -> dict:
-    elapsed = time.perf_counter() - started
-    out = {
-        "sampling": previous["sampling"] + sampling,
-        "forward": previous["forward"] + forward,
-    }
-    out["other"] = previous["other"] + max(0.0, elapsed - sampling - forward)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -546,7 +807,7 @@ class WindowMethod(Method):
         checkpoint = None
         if ctx.checkpoint is not None:
             identity = {
-                "format": 1,
+                "format": 2,  # 2: chunks finished/unfinished (1: one cursor over all evaluations)
                 "method": self.name,
                 **self.params(),
                 "imputation": imputation.fingerprint(),
@@ -573,6 +834,7 @@ class WindowMethod(Method):
             progress=ctx.progress,
             callback=ctx.callback,
             description=self.name,
+            executor=ctx.executor,
         )
         t0 = time.perf_counter()
         n_cls = ctx.classes.size
@@ -600,6 +862,8 @@ class WindowMethod(Method):
                 "chunk_windows": loop.chunk_windows,
                 "evaluations_per_window": imputation.evaluations_per_window,
                 "resumed_evaluations": loop.resumed_evaluations,
+                "executor": loop.executor,
+                "workers": loop.workers,
                 "pixels_uncovered": int((counts == 0).sum()),
                 "units": "weight of evidence, log2 odds (Laplace-corrected)",
             },

@@ -1,0 +1,515 @@
+"""Executors of the window loop: in-process, Ray actors (the local cores or a cluster), and auto.
+
+The one work unit is a chunk of one image's windows (`pda_repro.methods.windows.run_chunk`): its
+noise comes from its own generator and its batches start at the chunk's first evaluation, so any
+executor forwards exactly the batches of the serial run and the maps are bitwise the same.
+
+    InProcessExecutor()                 the chunks one after another in this process (the serial case)
+    RayExecutor(workers=2)              Ray started embedded on this machine, 2 single-threaded actors
+    RayExecutor(cluster="host:6379")    a running Ray cluster (`ray start --head`), joined by address
+    AutoExecutor()                      in-process for short runs; all local cores when the run is
+                                        long enough to pay for starting Ray (RAY_BREAK_EVEN_S)
+    make_executor(workers, cluster, device)   what explain(workers=, cluster=) and the CLI use
+
+Each Ray worker is an actor that builds the net (backend, prototxt, weights, batch, device) once,
+with its torch and BLAS pools at one thread; it receives (image task, chunk state) and returns the
+chunk's per-window probability sums. The driver places them by chunk id, checkpoints each finished
+chunk as it arrives (`Checkpoint`), shows one progress bar over all workers (polled from the actors),
+retries the chunks of a worker that died on the others (Ray restarts the actor), and on Ctrl-C stops
+the workers and keeps the checkpoint. An unreachable cluster address is a `ClusterError` (a
+ValueError naming the address) within seconds.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from pda_repro.backends.base import Backend
+from pda_repro.methods.windows import (
+    ChunkExecutor,
+    ChunkSink,
+    ChunkState,
+    WindowTask,
+    net_fingerprint,
+    run_chunk,
+)
+
+# Seconds of serial work below which `auto` stays in-process. Starting embedded Ray and two actors
+# costs about 9 s on the project's 2-core CPU (benchmarks/bench_parallel.py -> parallel.csv); with
+# the measured 2-worker speed-up s the parallel run wins once T/s + 9 < T, i.e. T > 9·s/(s-1)
+# (about 20 s at s = 1.8). We round up so that borderline runs do not pay Ray's memory for nothing.
+RAY_BREAK_EVEN_S = 30.0
+PROBE_SECONDS = 1.0  # auto: in-process work timed before deciding
+CONNECT_TIMEOUT_S = 10.0  # a cluster address that does not answer TCP within this is unreachable
+MAX_CHUNK_RETRIES = 3  # a chunk whose worker died this many times stops the run
+
+
+class ClusterError(ValueError):
+    """A --cluster address that cannot be reached or joined."""
+
+
+def local_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def check_workers(workers: object) -> int | str:
+    """workers: an integer >= 1 or "auto", else ValueError naming the value."""
+    if isinstance(workers, str) and workers == "auto":
+        return "auto"
+    if isinstance(workers, bool) or not isinstance(workers, int | np.integer) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1 or 'auto', got {workers!r}")
+    return int(workers)
+
+
+def check_cluster(cluster: object) -> str | None:
+    if cluster is None:
+        return None
+    if not isinstance(cluster, str) or not cluster.strip():
+        raise ValueError(f"cluster must be a Ray address such as 'host:6379' or 'auto', got {cluster!r}")
+    return cluster.strip()
+
+
+# --------------------------------------------------------------------------------------------------
+# In-process
+# --------------------------------------------------------------------------------------------------
+class InProcessExecutor(ChunkExecutor):
+    """The serial case: chunks in order in this process, progress after every batch."""
+
+    name = "in-process"
+    workers = 1
+
+    def run(self, net: Backend, task: WindowTask, states: list[ChunkState], sink: ChunkSink) -> None:
+        for state in states:
+            run_chunk(net, task, state, on_batch=lambda s, n: sink.advance(n, s))
+            sink.finished(state)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ray: session, net recipe, actors
+# --------------------------------------------------------------------------------------------------
+_SESSION: dict[str, Any] = {"target": None, "embedded": False}
+
+
+def _ray() -> Any:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from our runs
+    import ray  # noqa: PLC0415 - heavy; only runs that use Ray import it
+
+    return ray
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    text = address.removeprefix("ray://")
+    default_port = 10001 if address.startswith("ray://") else 6379
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", str(default_port))
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        return host, int(port)
+    except ValueError:
+        raise ClusterError(f"cluster address {address!r} is not host:port") from None
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """ClusterError unless something listens at the address's host:port (quick, before ray.init)."""
+    if address == "auto":
+        return
+    host, port = _split_address(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {exc.strerror or exc}") from None
+
+
+def ray_session(cluster: str | None, local_workers: int) -> Any:
+    """The `ray` module, initialised: embedded with `local_workers` CPUs, or joined to `cluster`."""
+    target = cluster or f"local:{local_workers}"
+    ray = _ray()
+    if ray.is_initialized():
+        if _SESSION["target"] == target or (_SESSION["target"] is None and cluster is None):
+            return ray
+        shutdown()
+    if cluster is not None:
+        check_reachable(cluster)
+        try:
+            ray.init(address=cluster, log_to_driver=False, include_dashboard=False)
+        except Exception as exc:  # noqa: BLE001 - every way of failing to join is the same one line
+            raise ClusterError(f"cannot join the Ray cluster at {cluster!r}: {_one_line(exc)}") from None
+        _SESSION.update(target=target, embedded=False)
+    else:
+        ray.init(
+            num_cpus=local_workers,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=True,
+            logging_level="ERROR",
+        )
+        _SESSION.update(target=target, embedded=True)
+    return ray
+
+
+def shutdown() -> None:
+    """Stop the actors and leave (or, when embedded, stop) Ray."""
+    for pool in list(_POOLS.values()):
+        pool.kill()
+    _POOLS.clear()
+    if "ray" in __import__("sys").modules:
+        ray = _ray()
+        if ray.is_initialized():
+            ray.shutdown()
+    _SESSION.update(target=None, embedded=False)
+
+
+atexit.register(shutdown)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] or type(exc).__name__
+
+
+def net_recipe(net: Backend) -> dict:
+    """What a worker needs to build the same net: backend, prototxt, weights, batch, device; nets the
+    backend registry cannot rebuild travel pickled."""
+    from pda_repro.backends import BACKENDS  # noqa: PLC0415
+
+    device = "cuda" if str(net.device).startswith("cuda") else str(net.device)  # Ray picks the GPU
+    rebuildable = net.name in BACKENDS and type(net) is BACKENDS[net.name]()
+    if not rebuildable:
+        return {"kind": "pickled", "net": net}
+    spec = getattr(net, "model_spec", None)
+    return {
+        "kind": "backend",
+        "backend": net.name,
+        "net_param": net.net_param.SerializeToString(),
+        "device": device,
+        "batch": int(net.batch),
+        "weights": net.get_weights(),
+        "model": getattr(spec, "name", None),
+    }
+
+
+def build_net(recipe: dict) -> Backend:
+    if recipe["kind"] == "pickled":
+        return recipe["net"]
+    from pda_repro import proto, zoo  # noqa: PLC0415
+    from pda_repro.backends import BACKENDS  # noqa: PLC0415
+
+    net_param = proto.caffe_pb2().NetParameter.FromString(recipe["net_param"])
+    net = BACKENDS[recipe["backend"]]()(
+        net_param, device=recipe["device"], batch=recipe["batch"], weights=recipe["weights"]
+    )
+    if recipe.get("model") in zoo.names():
+        net.model_spec = zoo.get(recipe["model"])
+    return net
+
+
+def limit_threads(threads: int) -> None:
+    """torch's and the BLAS libraries' thread pools at `threads` (the worker's share of a machine)."""
+    import torch  # noqa: PLC0415
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # only settable before the first inter-op use
+        torch.set_num_interop_threads(threads)
+    threadpool_limits(threads)
+
+
+class ChunkWorker:
+    """A Ray actor: one net, built once; chunks of the current task, one at a time."""
+
+    def __init__(self, recipe_ref: list, threads: int = 1) -> None:
+        import ray  # noqa: PLC0415
+
+        limit_threads(threads)
+        self.net = build_net(ray.get(recipe_ref[0]))
+        self.task_id: str | None = None
+        self.task: WindowTask | None = None
+        self.state: ChunkState | None = None
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def memory(self) -> int:
+        """Resident bytes of this worker process."""
+        import psutil  # noqa: PLC0415
+
+        return int(psutil.Process().memory_info().rss)
+
+    def run(self, task_id: str, task_ref: list, state: ChunkState, inference: str) -> ChunkState:
+        import ray  # noqa: PLC0415
+
+        if task_id != self.task_id:
+            self.task, self.task_id = ray.get(task_ref[0]), task_id
+        self.net.inference = inference
+        self.state = state
+        try:
+            return run_chunk(self.net, self.task, state)
+        finally:
+            self.state = None
+
+    def progress(self) -> tuple[int, int] | None:
+        """(chunk, evaluations done) of the chunk running now."""
+        state = self.state
+        return None if state is None else (state.chunk, state.done)
+
+
+class _Pool:
+    """Actors holding one net."""
+
+    def __init__(self, ray: Any, net: Backend, workers: int, device: str, threads: int) -> None:
+        self.ray = ray
+        options: dict[str, Any] = {
+            "num_cpus": threads,
+            "max_restarts": -1,  # a killed worker comes back (constructor re-run) ...
+            "max_task_retries": 0,  # ... and the driver, not Ray, re-queues its chunk
+            "max_concurrency": 2,  # progress() answers while run() works
+        }
+        if str(device).startswith("cuda"):
+            options["num_gpus"] = 1
+        recipe_ref = ray.put(net_recipe(net))
+        self.recipe_ref = recipe_ref
+        actor = ray.remote(ChunkWorker)
+        self.actors = [actor.options(**options).remote([recipe_ref], threads) for _ in range(workers)]
+        self.started = time.perf_counter()
+        self.pids = ray.get([a.pid.remote() for a in self.actors])  # waits until every net is built
+        self.ready_seconds = time.perf_counter() - self.started
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor, no_restart=True)
+        self.actors = []
+
+
+_POOLS: dict[tuple, _Pool] = {}
+
+
+def _retryable_errors(ray: Any) -> tuple[type[BaseException], ...]:
+    names = ("RayActorError", "ActorUnavailableError", "WorkerCrashedError", "ObjectLostError")
+    return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
+
+
+class RayExecutor(ChunkExecutor):
+    """Chunks spread over Ray actors: `workers` of them (None: every CPU of the cluster, or its GPUs
+    with device cuda) on embedded Ray, or on the cluster at `cluster`."""
+
+    name = "ray"
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        cluster: str | None = None,
+        device: str = "cpu",
+        threads: int = 1,
+        poll_seconds: float = 0.5,
+    ) -> None:
+        self.cluster = check_cluster(cluster)
+        self.requested = None if workers is None else check_workers(workers)
+        self.device = str(device)
+        self.threads = int(threads)
+        self.poll_seconds = float(poll_seconds)
+        self.workers = int(self.requested) if isinstance(self.requested, int) else local_cores()
+        self.pool: _Pool | None = None
+        self.startup_seconds = 0.0  # this executor's Ray start + actor start (0 when reused)
+
+    def connect(self) -> Any:
+        """Start or join Ray now (a bad cluster address fails here, before any work)."""
+        t0 = time.perf_counter()
+        ray = ray_session(self.cluster, self.workers)
+        if self.cluster is not None and not isinstance(self.requested, int):
+            resources = ray.cluster_resources()
+            key = "GPU" if self.device.startswith("cuda") else "CPU"
+            self.workers = max(1, int(resources.get(key, 1) // (1 if key == "GPU" else self.threads)))
+        self.startup_seconds += time.perf_counter() - t0
+        return ray
+
+    def _pool(self, net: Backend) -> _Pool:
+        ray = self.connect()
+        key = (_SESSION["target"], net_fingerprint(net)["weights"], net.net_param.SerializeToString(),
+               net.name, int(net.batch), self.device, self.workers, self.threads)  # fmt: skip
+        pool = _POOLS.get(key)
+        if pool is None or not pool.actors:
+            for old in _POOLS.values():  # one net's actors at a time: bounded memory
+                old.kill()
+            _POOLS.clear()
+            t0 = time.perf_counter()
+            pool = _POOLS[key] = _Pool(ray, net, self.workers, self.device, self.threads)
+            self.startup_seconds += time.perf_counter() - t0
+        self.pool = pool
+        return pool
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the workers (after a restart: the restarted ones)."""
+        if self.pool is None:
+            return []
+        ray = self.pool.ray
+        return ray.get([a.pid.remote() for a in self.pool.actors], timeout=60)
+
+    def worker_memory(self) -> list[int]:
+        if self.pool is None:
+            return []
+        return self.pool.ray.get([a.memory.remote() for a in self.pool.actors], timeout=60)
+
+    def run(self, net: Backend, task: WindowTask, states: list[ChunkState], sink: ChunkSink) -> None:
+        if not states:
+            return
+        pool = self._pool(net)
+        ray = pool.ray
+        retryable = _retryable_errors(ray)
+        task_id, task_ref = uuid.uuid4().hex, ray.put(task)
+        inference = net.inference
+        queue = deque(states)
+        reported = {s.chunk: s.done for s in states}  # evaluations of each chunk shown on the bar
+        inflight: dict[Any, tuple[int, ChunkState]] = {}
+        idle = list(range(len(pool.actors)))
+        failures = dict.fromkeys(range(len(pool.actors)), 0)
+        retries: dict[int, int] = {}
+        last_poll = time.perf_counter()
+        try:
+            while queue or inflight:
+                while queue and idle:
+                    w, state = idle.pop(0), queue.popleft()
+                    ref = pool.actors[w].run.remote(task_id, [task_ref], state, inference)
+                    inflight[ref] = (w, state)
+                if not inflight:
+                    raise RuntimeError("every Ray worker failed repeatedly; no worker is left to run chunks")
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.poll_seconds)
+                for ref in ready:
+                    w, state = inflight.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except retryable as exc:
+                        # the worker died: undo its progress on the bar and give the chunk to another
+                        sink.advance(state.done - reported[state.chunk])
+                        reported[state.chunk] = state.done
+                        retries[state.chunk] = retries.get(state.chunk, 0) + 1
+                        if retries[state.chunk] > MAX_CHUNK_RETRIES:
+                            raise RuntimeError(
+                                f"chunk {state.chunk}: {MAX_CHUNK_RETRIES + 1} workers died running it "
+                                f"(last: {_one_line(exc)})"
+                            ) from None
+                        queue.appendleft(state)
+                        failures[w] += 1
+                        if failures[w] <= MAX_CHUNK_RETRIES:  # Ray restarts it; calls wait meanwhile
+                            idle.append(w)
+                        continue
+                    except ray.exceptions.RayTaskError as exc:
+                        raise exc.as_instanceof_cause() from None
+                    failures[w] = 0
+                    sink.advance(result.done - reported[result.chunk])
+                    reported[result.chunk] = result.done
+                    sink.finished(result)
+                    idle.append(w)
+                now = time.perf_counter()
+                if inflight and now - last_poll >= self.poll_seconds:
+                    last_poll = now
+                    self._poll_progress(ray, pool, inflight, reported, sink)
+        except BaseException:
+            # Ctrl-C or a failure: stop the workers now; what is finished is in the sink's checkpoint
+            pool.kill()
+            _POOLS.clear()
+            if _SESSION["embedded"]:
+                shutdown()
+            raise
+
+    def _poll_progress(self, ray: Any, pool: _Pool, inflight: dict, reported: dict, sink: ChunkSink) -> None:
+        busy = {w for w, _ in inflight.values()}
+        refs = [pool.actors[w].progress.remote() for w in sorted(busy)]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.poll_seconds)
+        for ref in ready:
+            try:
+                answer = ray.get(ref)
+            except Exception:  # noqa: BLE001 - a dying worker answers nothing; its run() will fail
+                continue
+            if answer is not None:
+                chunk, done = answer
+                if chunk in reported and done > reported[chunk]:
+                    sink.advance(done - reported[chunk])
+                    reported[chunk] = done
+
+
+# --------------------------------------------------------------------------------------------------
+# Auto: in-process unless the run is long enough for the local cores to pay for Ray
+# --------------------------------------------------------------------------------------------------
+class _HandOff(Exception):
+    pass
+
+
+class AutoExecutor(ChunkExecutor):
+    """Times the first PROBE_SECONDS of the run in-process; if the remaining serial work is over
+    `break_even_s` and there are at least two chunks left, the rest (the started chunk included, from
+    where it stopped) goes to Ray actors on every local core; else the run stays in-process."""
+
+    def __init__(
+        self, device: str = "cpu", break_even_s: float = RAY_BREAK_EVEN_S, workers: int | None = None
+    ):
+        self.device = str(device)
+        self.break_even_s = float(break_even_s)
+        self.cores = workers or local_cores()
+        self.name, self.workers = "in-process", 1
+        self.estimate_s: float | None = None  # the serial estimate the decision was made on
+
+    def run(self, net: Backend, task: WindowTask, states: list[ChunkState], sink: ChunkSink) -> None:
+        self.name, self.workers = "in-process", 1
+        if self.cores < 2 or len(states) < 2 or self.device.startswith("cuda"):
+            InProcessExecutor().run(net, task, states, sink)
+            return
+        first = states[0]
+        start, started = first.done, time.perf_counter()
+        remaining = sum(task.chunk_evaluations(s.chunk) - s.done for s in states)
+        decision: list[bool] = []  # [True]: hand the rest to Ray
+
+        def probe(state: ChunkState, n: int) -> None:
+            sink.advance(n, state)
+            complete = state.done >= task.chunk_evaluations(state.chunk)
+            if decision or (time.perf_counter() - started < PROBE_SECONDS and not complete):
+                return
+            per_eval = state.forward / max(1, state.done - start)
+            per_eval += state.sampling / task.chunk_evaluations(state.chunk)
+            self.estimate_s = per_eval * (remaining - (state.done - start))
+            decision.append(self.estimate_s > self.break_even_s)
+            if decision[0] and not complete:
+                raise _HandOff
+
+        rest = states[1:]
+        try:
+            run_chunk(net, task, first, on_batch=probe)
+            sink.finished(first)
+        except _HandOff:
+            rest = states
+        if not (decision and decision[0]):
+            InProcessExecutor().run(net, task, rest, sink)
+            return
+        ray_executor = RayExecutor(workers=self.cores, device=self.device)
+        self.name, self.workers = ray_executor.name, ray_executor.workers
+        ray_executor.run(net, task, rest, sink)
+
+
+def make_executor(workers: object = 1, cluster: object = None, device: str = "cpu") -> ChunkExecutor:
+    """The executor for explain(workers=, cluster=): 1 -> in-process; N -> N Ray actors on this
+    machine; "auto" -> AutoExecutor; a cluster address -> N (or, with "auto", all of the cluster's
+    CPUs / GPUs) actors there, joined now so that a bad address fails before any work."""
+    workers = check_workers(workers)
+    cluster = check_cluster(cluster)
+    if cluster is not None:
+        executor = RayExecutor(workers=None if workers == "auto" else workers, cluster=cluster, device=device)
+        executor.connect()
+        return executor
+    if workers == "auto":
+        return AutoExecutor(device=device)
+    if workers == 1:
+        return InProcessExecutor()
+    return RayExecutor(workers=workers, device=device)
