@@ -13,18 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pda_repro.bench import approximation, fig12, table1
+from pda_repro.bench import approximation, faithfulness, fig12, table1
 from pda_repro.bench.common import BACKENDS, BenchContext, available_models
 from pda_repro.bench.plan import Cell, RunReport, run_cells
 from pda_repro.bench.results import RESULTS_DIR, ResultStore, env_name
 
-EXPERIMENTS = ("table1", "fig12", "approx")
+EXPERIMENTS = ("table1", "fig12", "approx", "faithfulness")
 APPROX_FIGURES = ("fig9_10", "fig11", "fig16")  # what "approx" stands for; each may also be named alone
 # What `--model default` runs: experiment -> models.
 DEFAULT_PLAN: dict[str, tuple[str, ...]] = {
     "table1": ("mnist", "alexnet"),
     "fig12": ("mnist", "alexnet"),
     "approx": ("mnist", "alexnet"),
+    "faithfulness": ("mnist", "efficientnet_lite0"),
 }
 
 
@@ -33,6 +34,8 @@ def _builder(experiment: str):
         return table1.cells
     if experiment == "fig12":
         return fig12.cells
+    if experiment == "faithfulness":
+        return faithfulness.cells
     figures = APPROX_FIGURES if experiment == "approx" else (experiment,)
     return lambda ctx, models, backends: approximation.cells(ctx, models, backends, figures)
 
