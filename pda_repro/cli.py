@@ -55,7 +55,7 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_OUT = "pda-out"
-PLUGIN_MODULES: list[str] = ["pda_repro.bench.cli_commands"]
+PLUGIN_MODULES: list[str] = ["pda_repro.bench.cli_commands", "pda_repro.evaluate.cli"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm")
 _GLOB_CHARS = frozenset("*?[")
 

@@ -401,3 +401,35 @@ def test_controls_are_seeded():
     assert (constant_map((4, 5)) == 0).all()
     with pytest.raises(ValueError, match="rng must be a numpy.random.Generator, got int"):
         random_map((4, 5), 3)
+
+
+# -- CLI ---------------------------------------------------------------------------------------------------
+
+
+def test_cli_evaluate_writes_the_metrics_of_explain_outputs(tmp_path, rng, capsys):
+    from PIL import Image
+
+    from pda_repro import cli
+
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    digit[6:22, 12:16] = 255  # a "1"
+    Image.fromarray(digit).save(tmp_path / "one.png")
+    out = tmp_path / "maps"
+    assert cli.main(["explain", str(tmp_path / "one.png"), "--model", "mnist", "--method", "gradient_x_input",
+                     "--out", str(out), "--class", "top1", "--no-progress"]) == 0  # fmt: skip
+    csv = tmp_path / "eval.csv"
+    code = cli.main(["evaluate", str(out / "one.npz"), "--fills", "blur,zeros", "--block", "4", "--steps", "4",
+                     "--runs", "5", "--out", str(csv)])  # fmt: skip
+    assert code == 0
+    import pandas as pd
+
+    frame = pd.read_csv(csv)
+    assert list(frame["map"]) == ["gradient_x_input", "random", "constant"]
+    assert {"deletion_auc_blur", "insertion_auc_zeros", "road_morf_auc", "faithfulness_correlation"} <= set(
+        frame
+    )
+    assert (frame["block"] == 4).all() and csv.with_suffix(".json").is_file()
+    assert "evaluate: 3 rows" in capsys.readouterr().out
+    assert cli.main(["evaluate", str(tmp_path / "missing.npz")]) == 2
+    assert "map file not found" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(out / "one.npz"), "--fills", "grey"]) == 2
