@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from pda_repro.bench.cli_commands import _positive_int as _positive
+
 FILL_CHOICES = ("mean", "blur", "zeros")
 
 
@@ -26,16 +28,6 @@ def _fills(text: str) -> tuple[str, ...]:
             f"--fills takes a comma list of {', '.join(FILL_CHOICES)}, got {text!r}"
         )
     return names
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return n
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
