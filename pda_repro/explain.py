@@ -153,6 +153,8 @@ def explain(
     checkpoint_seconds: float = 30.0,
     keep_checkpoint: bool = False,
     inference: str | None = None,
+    workers: int | str = 1,
+    cluster: str | None = None,
     **method_options: Any,
 ) -> Explanation:
     """Explain `net`'s decision on one preprocessed image (C×H×W) with `method`.
@@ -181,6 +183,13 @@ def explain(
       re-run the whole net), "incremental" (re-compute only what the window changes; exact up to
       float rounding), "auto" (incremental where the backend has it); None: the backend's own
       setting (`net.inference`, default "auto"). The mode used is params["inference"].
+    workers: window methods only -- 1: in-process; N: N single-threaded Ray actors on this machine
+      (Ray started embedded); "auto": in-process unless the run is long enough to pay for starting
+      Ray, then every local core (pda_repro.parallel.AutoExecutor). The maps equal the in-process
+      run's bitwise at the same batch. params["executor"] / params["workers"] say what ran.
+    cluster: a running Ray cluster's address ("host:6379", "auto"): the windows go to actors there
+      (workers=N of them, or "auto": all its CPUs, or GPUs on cuda); an unreachable address is a
+      ValueError (pda_repro.parallel.ClusterError) before any forward pass.
     """
     started = time.perf_counter()
     cls = get_method(method)
@@ -200,6 +209,12 @@ def explain(
     except ValueError as exc:
         raise ValueError(str(exc)) from None
     batch = check_positive_int("batch", net.window_batch(inference_used) if batch is None else batch)
+    from pda_repro import parallel  # noqa: PLC0415
+
+    parallel.check_workers(workers), parallel.check_cluster(cluster)
+    executor = None
+    if cls.checkpointable:  # the window methods: their chunks can run anywhere
+        executor = parallel.make_executor(workers, cluster, device=net.device)
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable, got {type(callback).__name__}")
 
@@ -243,6 +258,7 @@ def explain(
             "remove_when_done": not keep_checkpoint,
         },
         window_subset=window_subset,
+        executor=executor,
     )
     t1 = time.perf_counter()
     previous_inference = net.inference

@@ -51,6 +51,7 @@ RAY_BREAK_EVEN_S = 30.0
 PROBE_SECONDS = 1.0  # auto: in-process work timed before deciding
 CONNECT_TIMEOUT_S = 10.0  # a cluster address that does not answer TCP within this is unreachable
 MAX_CHUNK_RETRIES = 3  # a chunk whose worker died this many times stops the run
+WORKER_RECOVERY_S = 120.0  # a failed worker not back (restarted, net built) within this is dropped
 
 
 class ClusterError(ValueError):
@@ -65,8 +66,10 @@ def local_cores() -> int:
         return os.cpu_count() or 1
 
 
-def check_workers(workers: object) -> int | str:
-    """workers: an integer >= 1 or "auto", else ValueError naming the value."""
+def check_workers(workers: object) -> int | str | ChunkExecutor:
+    """workers: an integer >= 1, "auto" or a ChunkExecutor, else ValueError naming the value."""
+    if isinstance(workers, ChunkExecutor):
+        return workers
     if isinstance(workers, str) and workers == "auto":
         return "auto"
     if isinstance(workers, bool) or not isinstance(workers, int | np.integer) or workers < 1:
@@ -230,14 +233,20 @@ def limit_threads(threads: int) -> None:
 class ChunkWorker:
     """A Ray actor: one net, built once; chunks of the current task, one at a time."""
 
-    def __init__(self, recipe_ref: list, threads: int = 1) -> None:
-        import ray  # noqa: PLC0415
-
+    def __init__(self, threads: int = 1) -> None:
         limit_threads(threads)
-        self.net = build_net(ray.get(recipe_ref[0]))
+        self.net: Backend | None = None  # built by setup(), or by the first run() after a restart
         self.task_id: str | None = None
         self.task: WindowTask | None = None
         self.state: ChunkState | None = None
+
+    def setup(self, recipe_ref: list) -> int:
+        """Build the net (once); returns the process id."""
+        import ray  # noqa: PLC0415
+
+        if self.net is None:
+            self.net = build_net(ray.get(recipe_ref[0]))
+        return os.getpid()
 
     def pid(self) -> int:
         return os.getpid()
@@ -248,12 +257,16 @@ class ChunkWorker:
 
         return int(psutil.Process().memory_info().rss)
 
-    def run(self, task_id: str, task_ref: list, state: ChunkState, inference: str) -> ChunkState:
+    def run(
+        self, recipe_ref: list, task_id: str, task_ref: list, state: ChunkState, inference: str
+    ) -> ChunkState:
         import ray  # noqa: PLC0415
 
+        self.setup(recipe_ref)
         if task_id != self.task_id:
             self.task, self.task_id = ray.get(task_ref[0]), task_id
         self.net.inference = inference
+        state.sums = np.array(state.sums, dtype=np.float64)  # Ray hands arguments over read-only
         self.state = state
         try:
             return run_chunk(self.net, self.task, state)
@@ -279,12 +292,13 @@ class _Pool:
         }
         if str(device).startswith("cuda"):
             options["num_gpus"] = 1
-        recipe_ref = ray.put(net_recipe(net))
-        self.recipe_ref = recipe_ref
+        # the recipe travels with every call (a reference; fetched only by a worker without a net):
+        # a restarted actor rebuilds its net from it, and no constructor argument lives in the store
+        self.recipe_ref = ray.put(net_recipe(net))
         actor = ray.remote(ChunkWorker)
-        self.actors = [actor.options(**options).remote([recipe_ref], threads) for _ in range(workers)]
         self.started = time.perf_counter()
-        self.pids = ray.get([a.pid.remote() for a in self.actors])  # waits until every net is built
+        self.actors = [actor.options(**options).remote(threads) for _ in range(workers)]
+        self.pids = ray.get([a.setup.remote([self.recipe_ref]) for a in self.actors])  # nets built
         self.ready_seconds = time.perf_counter() - self.started
 
     def kill(self) -> None:
@@ -324,6 +338,7 @@ class RayExecutor(ChunkExecutor):
         self.workers = int(self.requested) if isinstance(self.requested, int) else local_cores()
         self.pool: _Pool | None = None
         self.startup_seconds = 0.0  # this executor's Ray start + actor start (0 when reused)
+        self.retried = 0  # chunks re-run because their worker died
 
     def connect(self) -> Any:
         """Start or join Ray now (a bad cluster address fails here, before any work)."""
@@ -373,21 +388,40 @@ class RayExecutor(ChunkExecutor):
         inference = net.inference
         queue = deque(states)
         reported = {s.chunk: s.done for s in states}  # evaluations of each chunk shown on the bar
-        inflight: dict[Any, tuple[int, ChunkState]] = {}
+        inflight: dict[Any, tuple[int, ChunkState]] = {}  # run() calls
+        probes: dict[Any, int] = {}  # setup() calls to workers coming back from a failure
         idle = list(range(len(pool.actors)))
-        failures = dict.fromkeys(range(len(pool.actors)), 0)
+        down: dict[int, float] = {}  # worker -> when it failed
         retries: dict[int, int] = {}
         last_poll = time.perf_counter()
         try:
             while queue or inflight:
                 while queue and idle:
                     w, state = idle.pop(0), queue.popleft()
-                    ref = pool.actors[w].run.remote(task_id, [task_ref], state, inference)
+                    ref = pool.actors[w].run.remote([pool.recipe_ref], task_id, [task_ref], state, inference)
                     inflight[ref] = (w, state)
-                if not inflight:
-                    raise RuntimeError("every Ray worker failed repeatedly; no worker is left to run chunks")
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.poll_seconds)
+                for w, since in list(down.items()):  # ask restarted workers whether they are back
+                    if w not in probes.values():
+                        if time.perf_counter() - since > WORKER_RECOVERY_S:
+                            del down[w]  # gone for good (e.g. its node left the cluster)
+                        else:
+                            probes[pool.actors[w].setup.remote([pool.recipe_ref])] = w
+                if not inflight and not probes:
+                    raise RuntimeError(
+                        "every Ray worker failed and none came back; no worker is left to run chunks"
+                    )
+                ready, _ = ray.wait([*inflight, *probes], num_returns=1, timeout=self.poll_seconds)
                 for ref in ready:
+                    if ref in probes:
+                        w = probes.pop(ref)
+                        try:
+                            ray.get(ref)
+                        except retryable:
+                            time.sleep(min(self.poll_seconds, 0.2))  # still restarting: ask again
+                            continue
+                        del down[w]
+                        idle.append(w)
+                        continue
                     w, state = inflight.pop(ref)
                     try:
                         result = ray.get(ref)
@@ -402,13 +436,11 @@ class RayExecutor(ChunkExecutor):
                                 f"(last: {_one_line(exc)})"
                             ) from None
                         queue.appendleft(state)
-                        failures[w] += 1
-                        if failures[w] <= MAX_CHUNK_RETRIES:  # Ray restarts it; calls wait meanwhile
-                            idle.append(w)
+                        self.retried += 1
+                        down[w] = time.perf_counter()  # Ray restarts the actor; it gets work once back
                         continue
                     except ray.exceptions.RayTaskError as exc:
                         raise exc.as_instanceof_cause() from None
-                    failures[w] = 0
                     sink.advance(result.done - reported[result.chunk])
                     reported[result.chunk] = result.done
                     sink.finished(result)
@@ -502,6 +534,8 @@ def make_executor(workers: object = 1, cluster: object = None, device: str = "cp
     """The executor for explain(workers=, cluster=): 1 -> in-process; N -> N Ray actors on this
     machine; "auto" -> AutoExecutor; a cluster address -> N (or, with "auto", all of the cluster's
     CPUs / GPUs) actors there, joined now so that a bad address fails before any work."""
+    if isinstance(workers, ChunkExecutor):  # an executor made by the caller (reused, inspected)
+        return workers
     workers = check_workers(workers)
     cluster = check_cluster(cluster)
     if cluster is not None:

@@ -1,0 +1,248 @@
+"""Parallel and distributed runs on Ray (pda_repro.parallel): the maps equal the serial run's bitwise.
+
+Everything runs on loopback: Ray embedded in this process (2 workers), a real 2-node cluster
+(ray.cluster_utils.Cluster, one CPU per node, on 127.0.0.1) joined by the CLI with --cluster, a worker
+killed by its pid, a driver killed with SIGKILL and rerun, Ctrl-C, and an address nobody listens at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from pda_repro import parallel
+from pda_repro.explain import explain, load_model
+from pda_repro.methods import windows
+from pda_repro.sampling import PatchGaussian
+
+pytest.importorskip("ray")
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "pda_repro.cli"]
+MNIST_PDA = dict(method="pda", window=4, outer=8, samples=10, batch=4, classes=[7], rng=5, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_session():
+    """One embedded Ray for the module; stopped at its end. The serial references run on one torch
+    thread like the workers (the result does not depend on it; on a loaded 2-core machine two
+    threads can be many times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    yield
+    parallel.shutdown()
+    torch.set_num_threads(threads)
+
+
+def mnist_setup():
+    """The MNIST net, a real test digit (a 7) and a Gaussian fitted on 64 other test digits."""
+    from pda_repro.data import mnist as mnist_data
+
+    net = load_model("mnist")
+    images, _ = mnist_data("test")
+    spec = net.model_spec
+    digits = (images[:65, None].astype(np.float32) - np.float32(spec.mean[0])) * np.float32(spec.scale)
+    gauss = PatchGaussian.fit(digits[1:], 4, 8, n_patches=3000, rng=np.random.default_rng(1))
+    return net, np.ascontiguousarray(digits[0]), gauss
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return mnist_setup()
+
+
+@pytest.fixture(scope="module")
+def mnist_serial(mnist):
+    net, x, gauss = mnist
+    return explain(net, x, sampler=gauss, **MNIST_PDA)
+
+
+def _alive(pids: list[int], seconds: float = 20.0) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+        if not alive:
+            return []
+        time.sleep(0.2)
+    return alive
+
+
+def test_two_local_workers_equal_serial_pda_mnist(mnist, mnist_serial):
+    net, x, gauss = mnist
+    res = explain(net, x, sampler=gauss, workers=2, **MNIST_PDA)
+    assert res.params["executor"] == "ray" and res.params["workers"] == 2
+    assert res.params["windows_total"] == 625 and res.params["chunk_windows"] == 256  # 3 chunks
+    np.testing.assert_array_equal(res.maps, mnist_serial.maps)
+    assert res.params["images_forwarded"] == mnist_serial.params["images_forwarded"] == 1 + 6250
+
+
+def test_two_local_workers_equal_serial_efficient_pda_lite0(monkeypatch):
+    """Lite0 at stride 16 has 196 windows: chunks of 48 windows (CHUNK_DRAWS on the driver; the
+    workers get the chunk size with the task) make 5 work units for the 2 workers."""
+    monkeypatch.setattr(windows, "CHUNK_DRAWS", 48)
+    net = load_model("efficientnet_lite0")
+    rng = np.random.default_rng(2)
+    photos = rng.uniform(-2, 2, (4, *net.input_shape)).astype(np.float32)
+    gauss = PatchGaussian.fit(photos, 10, 18, n_patches=3000, rng=np.random.default_rng(1))
+    args = dict(method="epda", window=10, outer=18, stride=16, sampler=gauss, classes=[1, 2], progress=False)
+    serial = explain(net, photos[0], **args)
+    res = explain(net, photos[0], workers=2, **args)
+    assert res.params["executor"] == "ray" and res.params["chunk_windows"] == 48
+    assert res.params["inference"] == serial.params["inference"]
+    np.testing.assert_array_equal(res.maps, serial.maps)
+
+
+def test_a_killed_worker_is_replaced_and_the_map_is_identical(mnist, mnist_serial):
+    net, x, gauss = mnist
+    executor = parallel.RayExecutor(workers=2)
+    killed: list[int] = []
+
+    def kill_one(done: int, total: int) -> None:
+        if not killed and 0 < done < total // 3:  # both workers are inside their first chunk
+            killed.append(executor.worker_pids()[0])
+            os.kill(killed[0], signal.SIGKILL)
+
+    res = explain(net, x, sampler=gauss, workers=executor, callback=kill_one, **MNIST_PDA)
+    assert killed and executor.retried >= 1
+    assert killed[0] not in executor.worker_pids()  # Ray restarted the actor in a new process
+    np.testing.assert_array_equal(res.maps, mnist_serial.maps)
+
+
+def test_ctrl_c_stops_the_workers_and_keeps_the_checkpoint(tmp_path, mnist, mnist_serial):
+    net, x, gauss = mnist
+    ckpt = tmp_path / "run.ckpt.npz"
+    executor = parallel.RayExecutor(workers=2)
+    pids: list[int] = []
+
+    def ctrl_c(done: int, total: int) -> None:
+        if not pids:
+            pids.extend(executor.worker_pids())
+        if ckpt.exists():  # the first finished chunk is in the checkpoint
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        explain(net, x, sampler=gauss, workers=executor, checkpoint=ckpt, callback=ctrl_c, **MNIST_PDA)
+    assert ckpt.exists()
+    assert _alive(pids) == []  # the workers were stopped
+    with np.load(ckpt) as f:
+        assert f["chunks"].size >= 1 and int(f["cursor"]) >= 2560
+    resumed = explain(net, x, sampler=gauss, workers=2, checkpoint=ckpt, **MNIST_PDA)
+    assert resumed.params["resumed_evaluations"] >= 2560
+    np.testing.assert_array_equal(resumed.maps, mnist_serial.maps)
+    assert not ckpt.exists()
+
+
+KILLED_DRIVER = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, {repo!r})
+from tests.test_parallel import MNIST_PDA, mnist_setup
+from pda_repro.explain import explain
+
+ckpt = Path(sys.argv[1])
+net, x, gauss = mnist_setup()
+
+def die(done, total):
+    if ckpt.exists():  # a chunk is saved: crash with no cleanup, workers still running
+        os.kill(os.getpid(), signal.SIGKILL)
+
+explain(net, x, sampler=gauss, workers=2, checkpoint=ckpt, callback=die, **MNIST_PDA)
+"""
+
+
+def test_driver_sigkill_then_rerun_resumes_to_the_same_map(tmp_path, mnist, mnist_serial):
+    net, x, gauss = mnist
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(KILLED_DRIVER.format(repo=str(REPO))))
+    ckpt = tmp_path / "run.ckpt.npz"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(ckpt)], capture_output=True, text=True, timeout=150, env=env
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert ckpt.exists()
+    resumed = explain(net, x, sampler=gauss, workers=2, checkpoint=ckpt, **MNIST_PDA)
+    assert resumed.params["resumed_evaluations"] >= 2560
+    np.testing.assert_array_equal(resumed.maps, mnist_serial.maps)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_bad_cluster_address_exit_2_one_line_nothing_written(tmp_path, mnist_png):
+    out = tmp_path / "out"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*CLI, "explain", str(mnist_png), "--model", "mnist", "--window", "4", "--outer", "8",
+         "--cluster", f"127.0.0.1:{_free_port()}", "--out", str(out)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the Ray cluster at '127.0.0.1:" in lines[0], proc.stderr
+    assert not out.exists()
+    with pytest.raises(ValueError, match="workers must be"):
+        parallel.make_executor(0)
+    with pytest.raises(parallel.ClusterError, match="not host:port"):
+        parallel.check_reachable("127.0.0.1:http")
+
+
+@pytest.fixture(scope="module")
+def mnist_png(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    from pda_repro.data import mnist as mnist_data
+
+    images, _ = mnist_data("test")
+    path = tmp_path_factory.mktemp("digit") / "digit.png"
+    Image.fromarray(images[0]).save(path)
+    return path
+
+
+def test_two_node_loopback_cluster_through_the_cli(tmp_path, mnist_png):
+    """A real Ray cluster of two 1-CPU nodes on 127.0.0.1; `--cluster ADDRESS` equals `--workers 1`."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+    )
+    try:
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        base = [*CLI, "explain", str(mnist_png), "--model", "mnist", "--method", "pda", "--window", "4",
+                "--outer", "8", "--samples", "10", "--no-progress", "--sampler-cache", str(tmp_path / "cache")]  # fmt: skip
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+        env.pop("RAY_ADDRESS", None)
+        runs = {}
+        for name, extra in (("serial", ["--workers", "1"]), ("cluster", ["--cluster", cluster.address])):
+            proc = subprocess.run(
+                [*base, *extra, "--out", str(tmp_path / name)], capture_output=True, text=True, timeout=240, cwd=REPO, env=env
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            runs[name] = tmp_path / name
+        summary = json.loads((runs["cluster"] / "digit.json").read_text())
+        params = summary.get("params", summary)
+        assert params.get("executor") == "ray" and params.get("workers") == 2, params
+        with np.load(runs["serial"] / "digit.npz") as a, np.load(runs["cluster"] / "digit.npz") as b:
+            np.testing.assert_array_equal(a["maps"], b["maps"])
+    finally:
+        cluster.shutdown()
