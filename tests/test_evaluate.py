@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -421,7 +422,6 @@ def test_cli_evaluate_writes_the_metrics_of_explain_outputs(tmp_path, rng, capsy
     code = cli.main(["evaluate", str(out / "one.npz"), "--fills", "blur,zeros", "--block", "4", "--steps", "4",
                      "--runs", "5", "--out", str(csv)])  # fmt: skip
     assert code == 0
-    import pandas as pd
 
     frame = pd.read_csv(csv)
     assert list(frame["map"]) == ["gradient_x_input", "random", "constant"]
@@ -433,3 +433,72 @@ def test_cli_evaluate_writes_the_metrics_of_explain_outputs(tmp_path, rng, capsy
     assert cli.main(["evaluate", str(tmp_path / "missing.npz")]) == 2
     assert "map file not found" in capsys.readouterr().err
     assert cli.main(["evaluate", str(out / "one.npz"), "--fills", "grey"]) == 2
+
+
+def test_bootstrap_interval(rng):
+    from pda_repro.evaluate.summary import bootstrap_ci, summarise
+
+    assert bootstrap_ci([2.0, 2.0, 2.0], rng) == (2.0, 2.0, 2.0, 3)
+    values = rng.normal(1.0, 1.0, size=400)
+    mean, lo, hi, n = bootstrap_ci(np.append(values, np.nan), np.random.default_rng(0))
+    assert n == 400 and mean == pytest.approx(values.mean())
+    half = 1.96 * values.std(ddof=1) / np.sqrt(400)  # the normal-theory interval, for a large sample
+    assert lo == pytest.approx(mean - half, abs=0.25 * half) and hi == pytest.approx(
+        mean + half, abs=0.25 * half
+    )
+    frame = pd.DataFrame({"m": ["a", "a", "b"], "v": [1.0, 3.0, np.nan]})
+    out = summarise(frame, ["m"], ["v"])
+    assert out.loc[0, "v_mean"] == 2.0 and out.loc[1, "v_n"] == 0
+
+
+# -- the harness experiment and its figures -------------------------------------------------------------------
+
+
+def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatch):
+    import dataclasses
+
+    from pda_repro.bench import faithfulness as fx
+    from pda_repro.bench.common import BenchContext
+    from pda_repro.bench.figures import render_faithfulness, write_readme
+    from pda_repro.bench.inputs import mnist_inputs
+    from pda_repro.bench.plan import run_cells
+    from pda_repro.bench.results import ResultStore
+
+    full = fx.plan_for("mnist", "quick")
+    keep = ("pda", "pda_seed1", "epda", "epda_s4", "saliency", "random", "constant")
+    plan = dataclasses.replace(
+        full,
+        images=lambda spec: mnist_inputs(spec, "test", 2),
+        runs=tuple(r for r in full.runs if r.key in keep),
+        evaluate=("pda", "epda", "saliency", "random", "constant"),
+        pairs=tuple(p for p in full.pairs if p[1] in keep and p[2] in keep),
+        randomise=(("epda", 1), ("saliency", None)),
+        steps=6,
+        fc_runs=5,
+    )
+    monkeypatch.setattr(fx, "plan_for", lambda model, profile: plan)
+    monkeypatch.setattr(fx, "_cache_dir", lambda: tmp_path / "cache")
+    store = ResultStore(tmp_path / "results", "test-env")
+    ctx = BenchContext(store=store)
+    report = run_cells(ctx, fx.cells(ctx, ["mnist"], ["torch"]), show_progress=False)
+    assert len(report.written) == 3 and not report.not_run
+    faith, agree = store.read("faithfulness"), store.read("agreement")
+    assert sorted(faith["map"].unique()) == sorted(plan.evaluate) and len(faith) == 5 * 2
+    for column in ("window", "samples", "stride", "sampler", "seed", "inference", "block", "cpu", "profile"):
+        assert column in faith.columns
+    floor = agree[agree["comparison"] == "pda_vs_pda_other_seed"]
+    assert len(floor) == 2 and (floor["seed_a"] == 0).all() and (floor["seed_b"] == 1).all()
+    control = agree[agree["comparison"] == "control_pda_vs_random"]
+    assert (control["spearman"].abs() < 0.3).all()  # a map and noise do not agree
+    rand = store.read("faithfulness_randomisation")
+    assert set(rand["level"]) == {"top1", "all"} and len(rand) == 2 * (1 + 2)
+    assert not store.read("faithfulness_curves").empty
+    pngs = render_faithfulness(store.dir, tmp_path / "results" / "figures")
+    assert {p.name for p in pngs} == {
+        "faithfulness_ranking_mnist_test-env.png",
+        "faithfulness_curves_mnist_test-env.png",
+        "agreement_mnist_test-env.png",
+    }
+    text = write_readme(tmp_path / "results", pngs).read_text()
+    assert "#### mnist: ranking (2 images" in text and "PDA vs PDA with another seed" in text
+    assert "Model-randomisation sanity check" in text

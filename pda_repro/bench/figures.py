@@ -485,6 +485,7 @@ def render_all(results_dir: str | Path = RESULTS_DIR, readme: bool = True) -> Re
                     path = plot(frame[frame["weights"].astype(str) == w], env_dir, model, out, stem)
                     if path is not None:
                         done.figures.append(path)
+        done.figures += render_faithfulness(env_dir, out)
     done.qualitative = _render_qualitative(root, done.notes)
     if readme:
         done.readme = write_readme(root, done.figures, done.qualitative, done.notes)
@@ -874,6 +875,7 @@ def write_readme(
         parts += _sampling_section(env_dir)
         parts += _batch_section(env_dir)
         parts += _approx_section(env_dir)
+        parts += _faithfulness_section(env_dir)
         mine = sorted(
             p for p in figures if p.name.endswith(f"{env}.png") or p.name.endswith(f"{env}_log.png")
         )
@@ -896,3 +898,322 @@ def write_readme(
     if notes:
         parts += ["## Not drawn", ""] + [f"- {n}" for n in notes] + [""]
     return atomic_write_text(root / "README.md", "\n".join(parts).rstrip() + "\n")
+
+
+# --- faithfulness (pda_repro.bench.faithfulness) ---------------------------------------------------------
+
+# metric column -> (label, True when higher is better)
+FAITHFULNESS_METRICS = {
+    "deletion_auc_mean": ("deletion AUC, mean fill", False),
+    "insertion_auc_mean": ("insertion AUC, mean fill", True),
+    "deletion_auc_blur": ("deletion AUC, blur fill", False),
+    "insertion_auc_blur": ("insertion AUC, blur fill", True),
+    "deletion_auc_zeros": ("deletion AUC, zeros fill", False),
+    "insertion_auc_zeros": ("insertion AUC, zeros fill", True),
+    "road_morf_auc": ("ROAD MoRF AUC", False),
+    "road_lerf_auc": ("ROAD LeRF AUC", True),
+    "faithfulness_correlation": ("faithfulness correlation", True),
+}
+RANKED_METRICS = (
+    "deletion_auc_mean",
+    "insertion_auc_mean",
+    "road_morf_auc",
+    "road_lerf_auc",
+    "faithfulness_correlation",
+)
+AGREEMENT_METRICS = {"spearman": "Spearman ρ", "ssim": "SSIM", "top_overlap": "top-10 % overlap"}
+CONTROL_MAPS = ("random", "constant")
+
+
+def _map_label(row: Any) -> str:
+    """'pda (S=10, s5)' from a faithfulness row's settings."""
+    bits = []
+    if pd.notna(row.get("samples")):
+        bits.append(f"S={int(row['samples'])}")
+    if pd.notna(row.get("stride")):
+        bits.append(f"s{int(row['stride'])}")
+    if row.get("border") == "shift":
+        bits.append("shift")
+    return f"{row['map']}" + (f" ({', '.join(bits)})" if bits else "")
+
+
+def faithfulness_ranking(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per model and map: mean [bootstrap 95 % CI] of every metric over images, and the mean rank over
+    RANKED_METRICS (1 = best; maps ranked per metric by their mean), sorted by that rank."""
+    from pda_repro.evaluate.summary import summarise
+
+    cols = [c for c in FAITHFULNESS_METRICS if c in frame.columns]
+    frame = frame.assign(label=[_map_label(r) for _, r in frame.iterrows()])
+    out = []
+    for model, group in frame.groupby("model", sort=False):
+        s = summarise(group, ["map", "label"], cols)
+        ranks = []
+        for c in RANKED_METRICS:
+            if f"{c}_mean" in s:
+                higher = FAITHFULNESS_METRICS[c][1]
+                ranks.append(s[f"{c}_mean"].rank(ascending=not higher, na_option="bottom"))
+        s["mean_rank"] = np.mean(ranks, axis=0)
+        s.insert(0, "model", model)
+        out.append(s.sort_values("mean_rank", kind="stable"))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def agreement_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per model and comparison (and the two maps): mean [CI] of Spearman, SSIM and top overlap over images."""
+    from pda_repro.evaluate.summary import summarise
+
+    return summarise(frame, ["model", "comparison", "map_a", "map_b"], list(AGREEMENT_METRICS))
+
+
+def _ci_text(row: Any, col: str, digits: int = 3) -> str:
+    m, lo, hi = row.get(f"{col}_mean"), row.get(f"{col}_low"), row.get(f"{col}_high")
+    if m is None or pd.isna(m):
+        return "n/a"
+    return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def plot_faithfulness_curves(curves: pd.DataFrame, model: str, env: str, out: Path, note: str) -> Path:
+    """Mean deletion / insertion curves per map and fill, and the ROAD curves, for one model."""
+    plt = _plt()
+    data = curves[curves["model"] == model]
+    panels = [("deletion", f) for f in ("mean", "blur", "zeros")] + [
+        ("insertion", f) for f in ("mean", "blur", "zeros")
+    ]
+    panels += [("road_morf", "linear_imputation"), ("road_lerf", "linear_imputation")]
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7.5), sharey=True)
+    order = list(dict.fromkeys(data["map"]))
+    cmap = plt.get_cmap("tab20")
+    for ax, (kind, fill) in zip(axes.ravel(), panels, strict=True):
+        part = data[(data["kind"] == kind) & (data["fill"] == fill)]
+        for i, m in enumerate(order):
+            line = part[part["map"] == m].sort_values("point")
+            if line.empty:
+                continue
+            control = m in CONTROL_MAPS
+            ax.plot(line["fraction"], line["score_mean"], color="0.4" if control else cmap(i % 20),
+                    ls="--" if control else "-", lw=1.0 if control else 1.4, label=m)  # fmt: skip
+        title = kind.replace("_", " ") + ("" if kind.startswith("road") else f", {fill} fill")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("fraction of pixels " + ("inserted" if kind == "insertion" else "removed"))
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("P(class) — mean over images")
+    axes[1, 0].set_ylabel("P(class) — mean over images")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.suptitle(f"Faithfulness curves, {model} ({env}); {note}", fontsize=10)
+    fig.subplots_adjust(right=0.86, hspace=0.35)
+    return _save(fig, out / f"faithfulness_curves_{model}_{env}.png")
+
+
+def plot_faithfulness_ranking(ranking: pd.DataFrame, model: str, env: str, out: Path, note: str) -> Path:
+    """Ranked bars (mean over images, bootstrap 95 % CI) per metric, best at the top."""
+    plt = _plt()
+    data = ranking[ranking["model"] == model]
+    metrics = [c for c in RANKED_METRICS if f"{c}_mean" in data]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.32 * len(data) + 1.8))
+    for ax, col in zip(np.atleast_1d(axes), metrics, strict=True):
+        label, higher = FAITHFULNESS_METRICS[col]
+        d = data.dropna(subset=[f"{col}_mean"]).sort_values(f"{col}_mean", ascending=higher)
+        y = np.arange(len(d))
+        mean = d[f"{col}_mean"].to_numpy()
+        err = np.vstack([mean - d[f"{col}_low"].to_numpy(), d[f"{col}_high"].to_numpy() - mean])
+        colours = ["0.6" if m in CONTROL_MAPS else "#4c72b0" for m in d["map"]]
+        ax.barh(y, mean, xerr=err, color=colours, ecolor="0.2", capsize=2)
+        ax.set_yticks(y, d["label"], fontsize=8)
+        ax.set_title(f"{label} ({'higher' if higher else 'lower'} = better)", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"Faithfulness ranking, {model} ({env}): mean over images, bootstrap 95 % CI; grey = controls; "
+                 f"{note}", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    return _save(fig, out / f"faithfulness_ranking_{model}_{env}.png")
+
+
+def plot_agreement(summary: pd.DataFrame, model: str, env: str, out: Path) -> Path:
+    plt = _plt()
+    data = summary[summary["model"] == model].iloc[::-1]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.35 * len(data) + 1.8), sharey=True)
+    labels = [f"{r.comparison}: {r.map_a} ~ {r.map_b} (n={int(r.spearman_n)})" for r in data.itertuples()]
+    y = np.arange(len(data))
+    for ax, (col, name) in zip(axes, AGREEMENT_METRICS.items(), strict=True):
+        mean = data[f"{col}_mean"].to_numpy()
+        err = np.vstack([mean - data[f"{col}_low"].to_numpy(), data[f"{col}_high"].to_numpy() - mean])
+        colours = ["0.6" if c.startswith("control") else "#dd8452" for c in data["comparison"]]
+        ax.barh(y, np.nan_to_num(mean), xerr=np.nan_to_num(err), color=colours, ecolor="0.2", capsize=2)
+        ax.set_title(name, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, labels, fontsize=8)
+    fig.suptitle(f"Agreement between maps, {model} ({env}): mean over images, bootstrap 95 % CI", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out / f"agreement_{model}_{env}.png")
+
+
+def render_faithfulness(env_dir: Path, out: Path) -> list[Path]:
+    """The faithfulness figures of one env (nothing when its CSVs are missing)."""
+    env = env_dir.name
+    done = []
+    frame, curves, agree = (_read(env_dir, n) for n in ("faithfulness", "faithfulness_curves", "agreement"))
+    for model in _models_sorted(frame["model"]) if not frame.empty else []:
+        n = frame.loc[frame["model"] == model, "image"].nunique()
+        note = f"{n} images"
+        ranking = faithfulness_ranking(frame[frame["model"] == model])
+        done.append(plot_faithfulness_ranking(ranking, model, env, out, note))
+        if not curves.empty and (curves["model"] == model).any():
+            done.append(plot_faithfulness_curves(curves, model, env, out, note))
+    if not agree.empty:
+        summary = agreement_summary(agree)
+        for model in _models_sorted(agree["model"]):
+            done.append(plot_agreement(summary, model, env, out))
+    return done
+
+
+def _faithfulness_section(env_dir: Path) -> list[str]:
+    """README: the ranking, the agreement numbers and the sanity check, beside the paper's claims."""
+    frame, agree, rand = (
+        _read(env_dir, n) for n in ("faithfulness", "agreement", "faithfulness_randomisation")
+    )
+    if frame.empty and agree.empty:
+        return []
+    lines = [
+        "### Faithfulness and agreement (issue: measure faithfulness)",
+        "",
+        "`make benchmark EXPERIMENTS=faithfulness` (pda_repro.bench.faithfulness; metrics in pda_repro.evaluate).",
+        "Score = softmax probability of the predicted class. Deletion/insertion: k×k blocks, most relevant first,",
+        "replaced by (deletion) or restored into (insertion) a fill: `mean` = the sampler's conditional mean of each",
+        "block (MNIST: the marginal sampler's dataset mean), `blur` = Gaussian σ = k/2, `zeros`. ROAD: noisy linear",
+        "imputation of 10–90 % of the pixels. Faithfulness correlation: 10 % of the blocks, mean fill. Every value",
+        "is the mean over images with a percentile-bootstrap 95 % interval. `mean rank` averages the map's rank",
+        "over deletion (mean fill), insertion (mean fill), ROAD MoRF, ROAD LeRF and the correlation (1 = best).",
+        "",
+    ]
+    meta = {**_meta(env_dir, "agreement").get("cells", {})}
+    for model in _models_sorted(frame["model"]) if not frame.empty else []:
+        sub = frame[frame["model"] == model]
+        plan_notes = [c.get("notes", {}) for c in meta.values() if c.get("images") and model in json.dumps(c)]
+        scale = next((n.get("scale") for n in plan_notes if n.get("scale")), None)
+        lines += [
+            f"#### {model}: ranking ({sub['image'].nunique()} images, profile {sub['profile'].iloc[0]})",
+            "",
+        ]
+        if scale:
+            lines += [f"Scale: {scale}.", ""]
+        ranking = faithfulness_ranking(sub)
+        rows = []
+        for _, r in ranking.iterrows():
+            rows.append([r["label"], int(r["deletion_auc_mean_n"]), f"{r['mean_rank']:.1f}",
+                         *[_ci_text(r, c) for c in RANKED_METRICS]])  # fmt: skip
+        lines += [
+            _md_table(
+                [
+                    "map",
+                    "n",
+                    "mean rank",
+                    *[
+                        FAITHFULNESS_METRICS[c][0] + (" ↑" if FAITHFULNESS_METRICS[c][1] else " ↓")
+                        for c in RANKED_METRICS
+                    ],
+                ],
+                rows,
+            ),  # fmt: skip
+            "",
+        ]
+        # controls: a metric that puts a control in the top half of the maps is not measuring faithfulness
+        flagged = []
+        for c in RANKED_METRICS:
+            higher = FAITHFULNESS_METRICS[c][1]
+            order = (
+                ranking.dropna(subset=[f"{c}_mean"])
+                .sort_values(f"{c}_mean", ascending=not higher)["map"]
+                .tolist()
+            )
+            for ctrl in CONTROL_MAPS:
+                if ctrl in order and order.index(ctrl) < len(order) / 2:
+                    flagged.append(
+                        f"{FAITHFULNESS_METRICS[c][0]} puts `{ctrl}` at {order.index(ctrl) + 1} of {len(order)}"
+                    )
+        lines += [
+            "Controls: "
+            + (
+                "; ".join(flagged) + " (that metric does not separate maps from noise here)."
+                if flagged
+                else "every metric ranks the random and the all-equal map in the bottom half."
+            ),  # fmt: skip
+            "",
+        ]
+    if not agree.empty:
+        summary = agreement_summary(agree)
+        settings = agree.groupby(["model", "comparison", "map_a", "map_b"], sort=False).first().reset_index()
+        for model in _models_sorted(summary["model"]):
+            s = summary[summary["model"] == model]
+            rows = []
+            for _, r in s.iterrows():
+                st = settings[(settings["model"] == model) & (settings["comparison"] == r["comparison"])
+                              & (settings["map_a"] == r["map_a"]) & (settings["map_b"] == r["map_b"])].iloc[0]  # fmt: skip
+                rows.append([r["comparison"], f"{r['map_a']} (s{st['stride_a']:.0f})" if pd.notna(st["stride_a"]) else r["map_a"],
+                             f"{r['map_b']} (s{st['stride_b']:.0f})" if pd.notna(st["stride_b"]) else r["map_b"],
+                             int(r["spearman_n"]) if r["spearman_n"] else int(r["ssim_n"]),
+                             *[_ci_text(r, c) for c in AGREEMENT_METRICS]])  # fmt: skip
+            lines += [f"#### {model}: agreement between maps", "",
+                      _md_table(["comparison", "map a", "map b", "images", *AGREEMENT_METRICS.values()], rows), ""]  # fmt: skip
+            lines += _agreement_claims(s)
+    if not rand.empty:
+        from pda_repro.evaluate.summary import summarise
+
+        r = summarise(rand.assign(changed_share=rand["changed"].astype(float)), ["model", "map", "level"],
+                      ["spearman", "ssim", "changed_share"])  # fmt: skip
+        rows = [[x["model"], x["map"], x["level"], int(x["spearman_n"]), _ci_text(x, "spearman"), _ci_text(x, "ssim"),
+                 f"{x['changed_share_mean']:.2f}"] for _, x in r.iterrows()]  # fmt: skip
+        thr = rand["threshold"].iloc[0]
+        lines += ["#### Model-randomisation sanity check", "",
+                  f"top1 = the output layer re-drawn from the prototxt's seeded fillers, all = every learnable layer; "
+                  f"`changed` = share of images whose map has |Spearman| < {thr:g} with the trained-model map "
+                  "(a map that ignores the weights stays at 1).", "",
+                  _md_table(["model", "map", "randomised", "images", "Spearman ρ", "SSIM", "changed"], rows), ""]  # fmt: skip
+    return lines
+
+
+def _agreement_claims(summary: pd.DataFrame) -> list[str]:
+    """The paper's qualitative claims (Figs 14-16, 19) beside what the agreement numbers say."""
+
+    def get(comparison: str) -> Any:
+        rows = summary[summary["comparison"] == comparison]
+        return None if rows.empty else rows.iloc[0]
+
+    out = []
+    floor, epda, sampled = get("pda_vs_pda_other_seed"), get("pda_vs_epda"), get("pda_vs_epda_sampled")
+    if floor is not None and epda is not None:
+        below = epda["spearman_high"] < floor["spearman_low"]
+        out.append(
+            f"- Paper (Figs 14/16): PDA and efficient PDA differ, PDA being the noisier. Measured: PDA vs PDA with "
+            f"another seed ρ = {_ci_text(floor, 'spearman')} (the sampling-noise floor), PDA vs efficient PDA "
+            f"ρ = {_ci_text(epda, 'spearman')} ({epda['map_a']} ~ {epda['map_b']}): efficient PDA "
+            + (
+                "differs from PDA by MORE than PDA differs from itself (intervals do not overlap)."
+                if below
+                else "is not distinguishable from PDA's own seed-to-seed variation at this scale."
+            )  # fmt: skip
+        )
+    if sampled is not None and epda is not None:
+        closer = sampled["spearman_low"] > epda["spearman_high"]
+        out.append(
+            f"- Paper (Fig 15): with the conditional mean replaced by the mean of 10 samples, the maps look like "
+            f"PDA's (shape differences come from sampling). Measured: PDA vs epda_sampled ρ = "
+            f"{_ci_text(sampled, 'spearman')} vs PDA vs efficient PDA ρ = {_ci_text(epda, 'spearman')}: "
+            + ("epda_sampled is closer to PDA." if closer else "no clear difference (intervals overlap).")
+        )
+    simp = get("epda_vs_simplified")
+    if simp is not None:
+        out.append(f"- Paper (Fig 19): the simplified variant is 'too noisy'. Measured: efficient PDA vs simplified "
+                   f"ρ = {_ci_text(simp, 'spearman')}, SSIM {_ci_text(simp, 'ssim')}.")  # fmt: skip
+    strides = summary[summary["comparison"].str.startswith("epda_stride1_vs_")]
+    if not strides.empty:
+        parts = [
+            f"{r['comparison'].rsplit('_', 1)[-1]}: ρ = {_ci_text(r, 'spearman')}"
+            for _, r in strides.iterrows()
+        ]
+        out.append("- Stride (efficient PDA, vs stride 1): " + "; ".join(parts) + ".")
+    border = get("border_clip_vs_shift")
+    if border is not None:
+        out.append(f"- Border rule (conditional sampler, clip vs the original code's shift): ρ = "
+                   f"{_ci_text(border, 'spearman')}, SSIM {_ci_text(border, 'ssim')}, top-10 % overlap "
+                   f"{_ci_text(border, 'top_overlap')}.")  # fmt: skip
+    return out + [""] if out else []
