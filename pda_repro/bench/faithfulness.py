@@ -160,6 +160,8 @@ def _mnist_plan(profile: str) -> Plan:
         ("gradient_x_input", None),
         ("gradcam", None),
         ("deep_taylor", None),
+        ("random", None),
+        ("constant", None),
     )
     return Plan(
         model="mnist",
@@ -220,7 +222,7 @@ def _lite0_plan(profile: str) -> Plan:
         evaluate = ("pda_s5", "epda", "epda_s5", "epda_sampled_s5", "simplified", "occlusion", "saliency",
                     "gradient_x_input", "gradcam", "random", "constant")  # fmt: skip
         randomise = tuple(
-            (k, None) for k in ("epda", "simplified", "saliency", "gradient_x_input", "gradcam")
+            (k, None) for k in ("epda", "simplified", "saliency", "gradient_x_input", "gradcam", *CONTROLS)
         )
         return Plan("efficientnet_lite0", profile, 10, 18, 10, 4, _photo_images(None),
                     "all real photos (scikit-image, matplotlib, opencv-doc)", runs, evaluate, pairs,
@@ -267,6 +269,8 @@ def _lite0_plan(profile: str) -> Plan:
         ("gradcam", None),
         ("simplified", None),
         ("epda_s10", 1),
+        ("random", None),
+        ("constant", None),
     )
     return Plan(
         model="efficientnet_lite0",
@@ -511,6 +515,7 @@ def run_agreement(st: _State) -> tuple[list[dict], dict]:
         if m[1].get("source") == "computed"
     }
     extra = {
+        "model": st.plan.model,
         "plan": st.plan.profile,
         "images": st.plan.image_note,
         "notes": st.plan.notes,
@@ -560,7 +565,7 @@ def run_faithfulness(st: _State) -> tuple[list[dict], dict]:
         "(score = softmax probability of the explained class).",
         {"fraction": "fraction of pixels perturbed", "score_mean": "mean class probability over images"},
     )  # fmt: skip
-    return rows, {"plan": plan.profile, "images": plan.image_note, "cpu_seconds_cell": time.process_time() - t0,
+    return rows, {"model": plan.model, "plan": plan.profile, "images": plan.image_note, "cpu_seconds_cell": time.process_time() - t0,
                   "notes": plan.notes}  # fmt: skip
 
 
@@ -582,8 +587,10 @@ def run_randomisation(st: _State) -> tuple[list[dict], dict]:
                 kwargs["stride"] = run.stride
 
             def explain_fn(
-                net: Any, image: np.ndarray, cls: int, run: MapRun = run, kwargs=kwargs
+                net: Any, image: np.ndarray, cls: int, run: MapRun = run, kwargs=kwargs, i: int = i
             ) -> np.ndarray:
+                if run.method in CONTROLS:  # the control maps do not look at the net at all
+                    return st.get(run.key, i)[0]
                 return explain(net, image, method=run.method, sampler=st.sampler(run.sampler), classes=[cls],
                                rng=np.random.default_rng([st.ctx.seed, run.seed, 99]), progress=False,
                                **kwargs).maps[0]  # fmt: skip
@@ -593,7 +600,7 @@ def run_randomisation(st: _State) -> tuple[list[dict], dict]:
                                          THRESHOLD, mask, trained_map=trained)  # fmt: skip
             for r in checks:
                 rows.append({**_base_row(st, i), "map": key, **st.settings(run), "threshold": THRESHOLD, **r})
-    return rows, {"plan": plan.profile, "cpu_seconds_cell": time.process_time() - t0,
+    return rows, {"model": plan.model, "plan": plan.profile, "cpu_seconds_cell": time.process_time() - t0,
                   "randomised_from": "the prototxt's fillers, seed = run seed + 1"}  # fmt: skip
 
 

@@ -1088,7 +1088,7 @@ def _faithfulness_section(env_dir: Path) -> list[str]:
     meta = {**_meta(env_dir, "agreement").get("cells", {})}
     for model in _models_sorted(frame["model"]) if not frame.empty else []:
         sub = frame[frame["model"] == model]
-        plan_notes = [c.get("notes", {}) for c in meta.values() if c.get("images") and model in json.dumps(c)]
+        plan_notes = [c.get("notes", {}) for cid, c in meta.items() if f"model={model}|" in f"{cid}|"]
         scale = next((n.get("scale") for n in plan_notes if n.get("scale")), None)
         lines += [
             f"#### {model}: ranking ({sub['image'].nunique()} images, profile {sub['profile'].iloc[0]})",

@@ -514,7 +514,8 @@ def randomisation_check(
 ) -> list[dict[str, Any]]:
     """Adebayo et al.'s model-parameter randomisation: for each level (top n learnable layers, or "all"),
     explain_fn(net, x, cls) -> H×W map on the randomised net vs the trained net's map. Rows: level, layers,
-    spearman, spearman_abs, ssim and changed (= |spearman| < threshold). The trained weights are restored."""
+    spearman, spearman_abs, ssim and changed (= |spearman| < threshold; for a constant map: whether it is
+    not the same map). The trained weights are restored."""
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     cls = _check_class(net, cls)
     if not 0 < threshold <= 1:
@@ -536,7 +537,10 @@ def randomisation_check(
                     "spearman": rho,
                     "spearman_abs": spearman(np.abs(base), np.abs(m), mask),
                     "ssim": ssim(base, m, mask),
-                    "changed": bool(not np.isnan(rho) and abs(rho) < threshold) or bool(np.isnan(rho)),
+                    # |ρ| below the threshold; undefined ρ (a constant map): changed if the map is not the same
+                    "changed": bool(abs(rho) < threshold)
+                    if not np.isnan(rho)
+                    else not np.array_equal(base, m),
                 }
             )
             net.set_weights(trained)
