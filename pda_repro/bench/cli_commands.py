@@ -83,7 +83,7 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--experiments",
         default="table1,fig12,approx",
-        help="comma list of table1, fig12, approx (Figs 9/10, 11, 16), or all",
+        help="comma list of table1, fig12, approx (Figs 9/10, 11, 16), or all; faithfulness (long) only when named",
     )
     run.add_argument("--results", default=str(RESULTS_DIR), help="results directory")
     run.add_argument("--seed", type=int, default=0, help="seed of every random draw")
