@@ -27,6 +27,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -229,6 +230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _note("interrupted")
         return EXIT_INTERRUPTED
+    except OSError as exc:  # any I/O fault not met more specifically: one line too
+        if _debug():
+            raise
+        _err(_describe(exc, "access"))
+        return EXIT_USER_ERROR
     return EXIT_OK if code is None else int(code)
 
 
@@ -279,14 +285,41 @@ def _method_type(value: str) -> str:
     return value
 
 
-def _positive_int(value: str) -> int:
+def _int_at_least(value: str, low: int) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+        n = low - 1
+    if n < low:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {value!r}")
     return n
+
+
+def _positive_int(value: str) -> int:
+    return _int_at_least(value, 1)
+
+
+def _non_negative_int(value: str) -> int:
+    return _int_at_least(value, 0)
+
+
+def _workers_type(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return _positive_int(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}") from None
+
+
+def _positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        x = float("nan")
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value!r}")
+    return x
 
 
 def _option_pair(value: str) -> tuple[str, Any]:
@@ -346,6 +379,29 @@ def _configure_explain(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device")
     parser.add_argument(
+        "--inference",
+        choices=("auto", "incremental", "full"),
+        default="auto",
+        help="window methods: re-run the whole net per window (full) or only what the window changes "
+        "(incremental; auto = incremental where the backend has it)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers_type,
+        default="auto",
+        metavar="N|auto",
+        help="window methods: N single-threaded Ray workers on this machine (1: in-process); auto: "
+        "in-process for short runs, every local core when the run is long enough to pay for starting Ray; "
+        "with --cluster: auto = all of the cluster's CPUs (GPUs with --device cuda)",
+    )
+    parser.add_argument(
+        "--cluster",
+        default=os.environ.get("RAY_ADDRESS") or None,
+        metavar="ADDRESS",
+        help="run the windows on a running Ray cluster (`ray start --head`), e.g. 10.0.0.1:6379 "
+        "(default: $RAY_ADDRESS if set, else none)",
+    )
+    parser.add_argument(
         "--class",
         dest="classes",
         nargs="+",
@@ -391,16 +447,28 @@ def _configure_explain(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a method option, e.g. -O value=0.5 (occlusion's fill) or -O blob=conv5 (gradcam's layer)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the sampling")
     parser.add_argument("--out", default=DEFAULT_OUT, help="output directory")
     parser.add_argument(
         "--checkpoint-seconds",
-        type=float,
+        type=_positive_float,
         default=10.0,
         help="save the running sums to --out/.checkpoints at least this often (window methods)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--force", action="store_true", help="recompute images whose results are up to date")
+    parser.add_argument(
+        "--allow-missing-weights",
+        action="store_true",
+        help="explain even when --weights lacks learnable layers of the net (they get seeded random values; "
+        "a warning in the output and the JSON); default: an error listing them",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=None,
+        help="largest image (width × height) decoded; default: Pillow's decompression-bomb limit (89,478,485)",
+    )
     # preprocessing of models outside the zoo (a zoo model's spec is used otherwise)
     group = parser.add_argument_group(
         "preprocessing (a zoo model knows its own; for a prototxt path these set it, for a zoo model they override it)"
@@ -417,17 +485,20 @@ def _configure_explain(parser: argparse.ArgumentParser) -> None:
         help="mean pixel on the 0..255 scale, comma separated in channel order (default 104,117,123 / 0)",
     )
     group.add_argument(
-        "--scale", type=float, default=None, help="multiplied after the mean subtraction (default 1)"
+        "--scale",
+        type=_positive_float,
+        default=None,
+        help="multiplied after the mean subtraction (default 1)",
     )
     group.add_argument(
         "--resize",
-        type=int,
+        type=_positive_int,
         default=None,
         help="shorter side before the centre crop (default 256 for 3 channels)",
     )
     group.add_argument("--labels", default=None, help="class names, one per line")
     group.add_argument(
-        "--train-size", type=int, default=None, help="N of the Laplace correction (default 100000)"
+        "--train-size", type=_positive_int, default=None, help="N of the Laplace correction (default 100000)"
     )
 
 
@@ -486,9 +557,12 @@ def _read_labels(spec: Any, count: int) -> list[str]:
 
 def _parse_mean(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(v) for v in text.split(","))
+        values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise CLIError(f"--mean must be numbers separated by commas, got {text!r}") from None
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values):
+        raise CLIError(f"--mean must be finite numbers separated by commas, got {text!r}")
+    return values
 
 
 def _custom_spec(args: argparse.Namespace, prototxt: Path) -> Any:
@@ -603,7 +677,7 @@ def _expand_images(items: Sequence[str]) -> list[tuple[str, Path | None, str | N
     seen: set[Path] = set()
 
     def add(arg: str, path: Path) -> None:
-        key = path.resolve()
+        key = Path(os.path.realpath(path))  # Path.resolve raises on a symlink loop
         if key not in seen:
             seen.add(key)
             out.append((arg, path, None))
@@ -654,7 +728,9 @@ def _resolve_class_request(items: Sequence[str], names: Sequence[str]) -> list[i
     for item in items:
         text = str(item).strip()
         low = text.lower()
-        if low.startswith("top") and low[3:].isdigit() and int(low[3:]) >= 1:
+        if low.startswith("top") and low[3:].isdigit():
+            if int(low[3:]) < 1:
+                raise CLIError(f"--class {text!r}: topN needs N >= 1 (top1 = the most probable class)")
             out.append(f"top{min(int(low[3:]), len(names))}")
         elif text.lstrip("-").isdigit():
             idx = int(text)
@@ -687,11 +763,9 @@ def _preprocess_tag(spec: Any) -> str:
 
 
 def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from pda_repro.io import file_digest
+
+    return file_digest(path)
 
 
 @dataclass
@@ -709,7 +783,7 @@ def _fit_data(args: argparse.Namespace, spec: Any) -> _FitData:
         found = [p for _, p, err in _expand_images([args.fit_images]) if err is None and p is not None]
         if not found:
             raise CLIError(f"--fit-images {args.fit_images!r}: no image files found")
-        listing = "|".join(f"{p.resolve()}:{p.stat().st_size}" for p in found)
+        listing = "|".join(_file_digest(p) for p in found)  # by content: edited images refit
         desc = f"files:{len(found)}:{hashlib.sha256(listing.encode()).hexdigest()[:16]}"
 
         def load_user() -> np.ndarray:
@@ -745,7 +819,7 @@ def _fit_data(args: argparse.Namespace, spec: Any) -> _FitData:
 
 def _build_sampler(args: argparse.Namespace, spec: Any) -> tuple[Any, dict]:
     """The sampler for --sampler, and a JSON-able description of it."""
-    from pda_repro.sampling import MarginalSampler, PatchGaussian
+    from pda_repro.sampling import MarginalSampler, PatchGaussian, default_cache_dir
 
     channels = int(spec.input_shape[0])
     choice = args.sampler
@@ -802,6 +876,9 @@ def _build_sampler(args: argparse.Namespace, spec: Any) -> tuple[Any, dict]:
         )
     except ValueError as exc:
         raise CLIError(f"cannot fit the conditional sampler: {_one_line(exc)}") from None
+    except OSError as exc:
+        cache = args.sampler_cache or default_cache_dir()
+        raise CLIError(_describe(exc, "use the sampler cache", exc.filename or cache)) from None
     return sampler, {
         "kind": "conditional",
         "images": fit.description,
@@ -830,8 +907,12 @@ def _check_run_settings(args: argparse.Namespace, spec: Any, uses: frozenset[str
             )
         if args.outer > min(h, w):
             raise CLIError(f"--outer {args.outer} is larger than the model's input {h}×{w}")
-    if args.checkpoint_seconds <= 0:
-        raise CLIError(f"--checkpoint-seconds must be > 0, got {args.checkpoint_seconds}")
+    channels = int(spec.input_shape[0])
+    if len(spec.mean) not in (1, channels):
+        raise CLIError(
+            f"--mean has {len(spec.mean)} values {','.join(f'{m:g}' for m in spec.mean)}; model {spec.name} "
+            f"has {channels} channel{'s' if channels != 1 else ''}: expected 1 or {channels} values"
+        )
     del method
 
 
@@ -884,18 +965,82 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
-def _staged_paths(final: Sequence[Path]) -> list[Path]:
-    return [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in final]
+def _json_safe(value: Any) -> Any:
+    """`value` as strict JSON can hold it: NaN/Inf become null, numpy values and paths plain ones."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_json_safe(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return _json_default(value)
 
 
-def _commit(staged: Sequence[Path], final: Sequence[Path]) -> None:
-    for tmp, dst in zip(staged, final, strict=True):
-        os.replace(tmp, dst)
+def _dumps(value: Any, **kwargs: Any) -> str:
+    return json.dumps(_json_safe(value), allow_nan=False, **kwargs)
 
 
-def _discard(staged: Sequence[Path]) -> None:
-    for tmp in staged:
-        tmp.unlink(missing_ok=True)
+class _Fatal(CLIError):
+    """A user-facing error that ends the whole run (the output cannot be written)."""
+
+
+class _OutputDir:
+    """--out for one run: refused if it is a file or holds an input; created (and removed again if it is
+    left empty); locked so that a second run on it exits 2 naming the holder; temporary files of killed
+    runs removed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.created: list[Path] = []
+        self.lock: Any = None
+
+    def open(self, inputs: Sequence[Path]) -> None:
+        from pda_repro.io import LockHeld, OutputLock, remove_stale_temps
+
+        out = self.path
+        if out.exists() and not out.is_dir():
+            raise CLIError(f"--out {str(out)!r} is a file; expected a directory (created if missing)")
+        root = os.path.realpath(out)
+        for p in inputs:
+            real = os.path.realpath(p)
+            if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+                raise CLIError(
+                    f"--out {str(out)!r} {'is' if real == root else 'contains'} the input {str(p)!r}: "
+                    "results would overwrite inputs; choose another --out"
+                )
+        missing, p = [], out
+        while not p.exists() and p.parent != p:
+            missing.append(p)
+            p = p.parent
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            self.created = missing
+            self.lock = OutputLock(out).acquire()
+        except LockHeld as exc:
+            raise CLIError(f"--out {exc}") from None
+        except OSError as exc:
+            raise CLIError(_describe(exc, "write to --out", out)) from None
+        stale = remove_stale_temps(out) + remove_stale_temps(out / ".checkpoints", "*.tmp")
+        if stale:
+            _note(f"removed {len(stale)} temporary file(s) left in {out} by an interrupted run")
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        for d in self.created:  # deepest first; only directories this run made and left empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def _describe(exc: OSError, action: str, path: Path | str | None = None) -> str:
+    from pda_repro.io import describe_os_error
+
+    return describe_os_error(exc, action, path)
 
 
 @dataclass
@@ -909,15 +1054,18 @@ class _RunState:
     uses: frozenset[str]
     class_request: list[int | str]
     out: Path
+    inference: str = "full"
+    fingerprints: dict[str, str | None] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _settings(state: _RunState) -> dict[str, Any]:
-    """Everything that decides a result (checkpoint identity and the JSON's settings)."""
+    """Everything that decides a result (its "up to date" key, the JSON's settings): the settings and
+    the content of the prototxt, weights, sampler and labels."""
     a = state.args
     used = {name: getattr(a, name) for name in ("window", "outer", "samples", "stride") if name in state.uses}
     if "output" in state.uses and a.output is not None:
         used["output"] = a.output
-    weights = state.model.weights
     return {
         "method": a.method,
         **used,
@@ -929,48 +1077,151 @@ def _settings(state: _RunState) -> dict[str, Any]:
         "seed": a.seed,
         "batch": a.batch,
         "model": state.model.spec.name,
-        "prototxt": str(Path(state.model.spec.prototxt).resolve()),
-        "weights": str(weights.resolve()) if weights else None,
-        "weights_size": weights.stat().st_size if weights else None,
+        **state.fingerprints,
         "backend": a.backend,
         "device": a.device,
+        "inference": state.inference,
         "preprocessing": _preprocess_tag(state.model.spec),
     }
 
 
+def _fingerprint(obj: Any) -> str:
+    """SHA-256 over an object's public arrays and scalars (a sampler's parameters)."""
+    h = hashlib.sha256(type(obj).__name__.encode())
+    for name, value in sorted(vars(obj).items()):
+        if name.startswith("_"):
+            continue
+        if isinstance(value, np.ndarray):
+            h.update(f"{name}:{value.dtype}:{value.shape}".encode())
+            h.update(np.ascontiguousarray(value).tobytes())
+        elif value is None or isinstance(value, bool | int | float | str | tuple):
+            h.update(f"{name}={value!r}".encode())
+    return h.hexdigest()
+
+
+def _previous_result(final: Sequence[Path], key: str) -> str:
+    """ "current": the JSON records `key` and the npz/png it lists are the ones it was written with;
+    "broken": it records `key` but a file is missing, truncated or changed; "other": anything else."""
+    from pda_repro.io import file_digest
+
+    try:
+        previous = json.loads(final[2].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "other"
+    if not isinstance(previous, dict) or previous.get("settings_hash") != key:
+        return "other"
+    recorded = previous.get("files") or {}
+    for path, name in ((final[0], "npz_sha256"), (final[1], "png_sha256")):
+        try:
+            if not isinstance(recorded, dict) or file_digest(path) != recorded.get(name):
+                return "broken"
+        except OSError:
+            return "broken"
+    return "current"
+
+
+def _drop_unreadable_checkpoint(path: Path) -> None:
+    """A checkpoint that does not load (cut short, corrupt) is removed with a note: the image restarts."""
+    if not path.exists():
+        return
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            for name in ("identity", "cursor", "sums"):
+                np.asarray(f[name])
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be resumed from
+        _note(f"warning: checkpoint {path} is unreadable ({type(exc).__name__}); this image starts again")
+        path.unlink(missing_ok=True)
+
+
+def _coverage_warning(args: argparse.Namespace, spec: Any, uses: frozenset[str]) -> str | None:
+    """A warning when the window grid leaves pixels that no window covers (their map value is 0)."""
+    if not {"window", "stride"} <= uses:
+        return None
+    k, s = args.window, args.stride
+
+    def covered(n: int) -> np.ndarray:
+        mask = np.zeros(n, dtype=bool)
+        for start in range(0, n - k + 1, s):
+            mask[start : start + k] = True
+        return mask
+
+    _, h, w = (int(v) for v in spec.input_shape)
+    fraction = 1.0 - covered(h).mean() * covered(w).mean()
+    if fraction <= 0:
+        return None
+    why = (
+        f"--stride {s} is larger than --window {k}"
+        if s > k
+        else f"--stride {s} does not reach the last rows/columns of the {h}×{w} input"
+    )
+    return f"{100 * fraction:.1f} % of the pixels are covered by no window ({why}); their map value is 0"
+
+
+def _upsampling_warning(original_size: Sequence[int], spec: Any) -> str | None:
+    """A warning when the image is much smaller than the model's input (the maps show interpolation)."""
+    h0, w0 = (int(v) for v in original_size)
+    _, h, w = (int(v) for v in spec.input_shape)
+    factor = (spec.resize or min(h, w)) / max(1, min(h0, w0))
+    if factor < UPSAMPLE_WARNING:
+        return None
+    return (
+        f"the image is {w0}×{h0} px, upsampled {factor:.1f}× for the model's {w}×{h} input: "
+        "the maps cannot resolve more than the original pixels"
+    )
+
+
+UPSAMPLE_WARNING = 4.0  # linear factor from which an image counts as upsampled a lot
+
+
+def _read_image_digest(path: Path) -> str:
+    from pda_repro.io import file_digest
+    from pda_repro.preprocess import ImageReadError
+
+    try:
+        path.stat()  # follows links: a missing target, a loop, no permission
+        if not path.is_file():
+            raise ImageReadError(f"expected an image file, got {str(path)!r}")
+        return file_digest(path)
+    except FileNotFoundError:
+        raise ImageReadError(f"image file not found: {str(path)!r}") from None
+    except OSError as exc:
+        raise ImageReadError(_describe(exc, "read image", path)) from None
+
+
 def _explain_one(state: _RunState, path: Path, stem: str) -> dict[str, Any]:
     from pda_repro.explain import explain
-    from pda_repro.preprocess import ImageReadError, load_image
+    from pda_repro.io import commit, file_digest, temp_path
+    from pda_repro.preprocess import load_image
     from pda_repro.viz import save_explanation_png
 
     a, spec, names = state.args, state.model.spec, state.model.class_names
     started = time.perf_counter()
-    if not path.exists():
-        raise ImageReadError(f"image file not found: {str(path)!r}")
-    if not path.is_file():
-        raise ImageReadError(f"expected an image file, got {str(path)!r}")
-    try:
-        digest = _file_digest(path)
-    except OSError as exc:
-        raise ImageReadError(f"cannot read image {str(path)!r}: {exc.strerror or exc}") from None
+    digest = _read_image_digest(path)
     settings = _settings(state)
-    key = hashlib.sha256(
-        json.dumps({"image": digest, **settings}, sort_keys=True, default=_json_default).encode()
-    ).hexdigest()[:16]
+    key = hashlib.sha256(_dumps({"image": digest, **settings}, sort_keys=True).encode()).hexdigest()[:16]
     final = [state.out / f"{stem}.npz", state.out / f"{stem}.png", state.out / f"{stem}.json"]
-    if not a.force and all(p.is_file() for p in final):
-        try:
-            previous = json.loads(final[2].read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            previous = {}
-        if previous.get("settings_hash") == key:
-            return {"skipped": True, "files": final}
+    checkpoint = state.out / ".checkpoints" / f"{stem}-{key}.npz"
+    previous = "other" if a.force else _previous_result(final, key)
+    if previous == "current":
+        with contextlib.suppress(OSError):  # left by a run killed after writing its results
+            checkpoint.unlink(missing_ok=True)
+            checkpoint.parent.rmdir()
+        return {"skipped": True, "files": final}
+    if previous == "broken":
+        _note(f"{path}: the results in {state.out} are incomplete or changed; recomputing them")
 
     img = load_image(path, spec)
     probs, _ = state.net.forward(img.x[None])
     probs = np.asarray(probs[0], dtype=np.float64)
+    if not np.isfinite(probs).all():
+        raise CLIError(
+            f"{path}: model {spec.name} gives NaN/Inf class probabilities for this image (forward pass of "
+            "the image; check the weights)"
+        )
     classes = _classes_for(state.class_request, probs)
-    checkpoint = state.out / ".checkpoints" / f"{stem}-{key}.npz"
+    image_warnings = [w for w in (_upsampling_warning(img.original_size, spec),) if w]
+    for w in image_warnings:
+        _note(f"warning: {path}: {w}")
     kwargs: dict[str, Any] = {
         "method": a.method,
         "window": a.window,
@@ -982,18 +1233,23 @@ def _explain_one(state: _RunState, path: Path, stem: str) -> dict[str, Any]:
         "classes": classes,
         "rng": np.random.default_rng(a.seed),
         "progress": not a.no_progress,
+        "inference": state.inference,
+        "workers": a.workers,
+        "cluster": a.cluster,
         **state.method_options,
     }
     if a.output is not None:
         kwargs["output"] = a.output
     method_cls = _methods()[a.method]
     if getattr(method_cls, "checkpointable", False):
-        kwargs["checkpoint"] = checkpoint
-        kwargs.update(_checkpoint_kwargs(a))
+        _drop_unreadable_checkpoint(checkpoint)
+        kwargs.update(checkpoint=checkpoint, keep_checkpoint=True, **_checkpoint_kwargs(a))
     try:
         result = explain(state.net, img.x, **kwargs)
     except KeyboardInterrupt:
         raise _Interrupted(checkpoint if "checkpoint" in kwargs else None) from None
+    except OSError as exc:  # the checkpoint could not be written
+        raise _Fatal(_describe(exc, "write the checkpoint", checkpoint)) from None
 
     maps = np.asarray(result.maps, dtype=np.float32)
     res_classes = [int(c) for c in np.asarray(result.classes).reshape(-1)]
@@ -1024,6 +1280,7 @@ def _explain_one(state: _RunState, path: Path, stem: str) -> dict[str, Any]:
         "params": getattr(result, "params", {}),
         "top5": [entry(c) for c in top5],
         "explained": [entry(c) for c in res_classes],
+        "warnings": [*state.warnings, *image_warnings],
         "seconds": float(getattr(result, "seconds", 0.0)),
         "total_seconds": None,
         "forward_passes": int(getattr(result, "forward_passes", 0)),
@@ -1035,9 +1292,8 @@ def _explain_one(state: _RunState, path: Path, stem: str) -> dict[str, Any]:
         "pda_repro_version": _version(),
         "command": [PROG, *sys.argv[1:]],
     }
-    state.out.mkdir(parents=True, exist_ok=True)
-    staged = _staged_paths(final)
-    try:
+    staged = [temp_path(p) for p in final]
+    try:  # stage all three, then replace them in order, the JSON (the record of completion) last
         with open(staged[0], "wb") as fh:
             np.savez_compressed(
                 fh,
@@ -1046,18 +1302,22 @@ def _explain_one(state: _RunState, path: Path, stem: str) -> dict[str, Any]:
                 class_names=np.asarray([names[c] for c in res_classes]),
                 probs=res_probs.astype(np.float32),
                 display=img.display,
-                settings=np.asarray(json.dumps(settings, sort_keys=True, default=_json_default)),
+                settings=np.asarray(_dumps(settings, sort_keys=True)),
             )
         save_explanation_png(
             staged[1], img.display, maps, titles, suptitle=suptitle, colorbar_label=_wrap_label(units)
         )
+        summary["files"].update(npz_sha256=file_digest(staged[0]), png_sha256=file_digest(staged[1]))
         summary["total_seconds"] = round(time.perf_counter() - started, 3)
-        staged[2].write_text(json.dumps(summary, indent=2, default=_json_default) + "\n", encoding="utf-8")
-        _commit(staged, final)
-    except BaseException:
-        _discard(staged)
-        raise
-    with contextlib.suppress(OSError):
+        staged[2].write_text(_dumps(summary, indent=2) + "\n", encoding="utf-8")
+        commit(list(zip(staged, final, strict=True)))
+    except OSError as exc:
+        raise _Fatal(_describe(exc, f"write the results of {path.name} to", state.out)) from None
+    finally:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the results are on disk: the checkpoint has done its job
+        checkpoint.unlink(missing_ok=True)
         checkpoint.parent.rmdir()  # only when empty (no other image's unfinished run)
     return {"skipped": False, "files": final, "summary": summary}
 
@@ -1088,21 +1348,85 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return (CLIError, ImageReadError, BackendError, ValueError, KeyError, FileNotFoundError)
 
 
+def _error_text(exc: BaseException) -> str:
+    return _one_line(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    del signum, frame
+    raise KeyboardInterrupt
+
+
 def _run_explain(args: argparse.Namespace) -> int:
+    import signal
+
     user_errors = _user_error_types()
+    if args.max_pixels is not None:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = args.max_pixels
+    out = _OutputDir(Path(args.out))
+    previous_handler = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # kill = Ctrl-C: checkpoint kept
     try:
-        state, items = _prepare_explain(args)
-    except CLIError:
-        raise
-    except user_errors as exc:  # bad values found while setting up (sampler, spec, ...): one line
-        if _debug():
+        try:
+            state, items = _prepare_explain(args, out)
+        except CLIError:
             raise
-        raise CLIError(_one_line(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)) from None
-    return _explain_all(state, items)
+        except OSError as exc:
+            raise CLIError(_describe(exc, "read")) from None
+        except user_errors as exc:  # bad values found while setting up (sampler, spec, ...): one line
+            if _debug():
+                raise
+            raise CLIError(_error_text(exc)) from None
+        return _explain_all(state, items)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        out.close()
 
 
-def _prepare_explain(args: argparse.Namespace) -> tuple[_RunState, list[tuple[str, Path | None, str | None]]]:
+def _run_inputs(
+    args: argparse.Namespace, model: _Model, items: Sequence[tuple[str, Path | None, str | None]]
+):
+    """Every file or directory this run reads (none may lie inside --out)."""
+    inputs = [Path(arg) for arg, _, _ in items] + [p for _, p, err in items if err is None and p is not None]
+    inputs += [Path(model.spec.prototxt)] + ([model.weights] if model.weights else [])
+    for option in (args.labels, args.fit_images):
+        if option:
+            inputs.append(Path(option))
+    if args.sampler not in ("conditional", "marginal"):
+        inputs.append(Path(args.sampler))
+    return inputs
+
+
+def _load_weights(args: argparse.Namespace, model: _Model) -> tuple[dict | None, list[str]]:
+    """The --weights arrays, checked against the net (shapes, NaN/Inf) and the layers they lack."""
+    if model.weights is None:
+        return None, []
+    from pda_repro import proto
+    from pda_repro.backends.caffemodel import read_caffemodel
+    from pda_repro.backends.fillers import missing_layers
+
+    try:
+        arrays = read_caffemodel(model.weights)
+    except OSError as exc:
+        raise CLIError(_describe(exc, "read weights", model.weights)) from None
+    missing = missing_layers(proto.read_prototxt(model.spec.prototxt), arrays)
+    if missing and not args.allow_missing_weights:
+        raise CLIError(
+            f"weights {str(model.weights)!r} lack {len(missing)} learnable layer(s) of model {model.spec.name}: "
+            f"{', '.join(missing)}; pass --allow-missing-weights to give them seeded random values"
+        )
+    return arrays, missing
+
+
+def _prepare_explain(
+    args: argparse.Namespace, out: _OutputDir
+) -> tuple[_RunState, list[tuple[str, Path | None, str | None]]]:
     """Everything shared by the images: model, net, labels, classes, sampler (fatal errors: exit 2)."""
+    import warnings
+
+    from pda_repro.io import file_digest
+
     methods = _methods()
     method_cls = methods[args.method]
     uses = frozenset(getattr(method_cls, "uses", frozenset()))
@@ -1111,26 +1435,44 @@ def _prepare_explain(args: argparse.Namespace) -> tuple[_RunState, list[tuple[st
     _check_run_settings(args, spec, uses, args.method)
     options = _method_options(args, method_cls, spec, model.in_zoo)
     items = _expand_images(args.images)
+    if args.cluster is not None and getattr(method_cls, "checkpointable", False):
+        from pda_repro.parallel import make_executor
+
+        make_executor(args.workers, args.cluster, args.device)  # joins now: a bad address writes nothing
+    out.open(_run_inputs(args, model, items))
 
     from pda_repro.explain import load_model
 
     user_errors = _user_error_types()
     try:
-        net = load_model(
-            model.source if not model.in_zoo else spec.name,
-            backend=args.backend,
-            device=args.device,
-            weights=str(model.weights) if model.weights else None,
-            batch=args.batch,
-        )
+        arrays, missing = _load_weights(args, model)
+        with warnings.catch_warnings():  # missing layers are reported below, in one line
+            warnings.filterwarnings("ignore", message="no weights given for layers")
+            net = load_model(
+                model.source if not model.in_zoo else spec.name,
+                backend=args.backend,
+                device=args.device,
+                weights=arrays if arrays is not None else None,
+                batch=args.batch,
+            )
     except ImportError as exc:
         raise CLIError(f"backend {args.backend!r} is not available: {_one_line(exc)}") from None
+    except CLIError:
+        raise
     except user_errors as exc:
         weights = f"weights {str(model.weights)!r}" if model.weights else "random weights"
         what = f"cannot load model {spec.name} with {weights} on {args.backend}/{args.device}"
-        raise CLIError(
-            f"{what}: {_one_line(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)}"
-        ) from None
+        raise CLIError(f"{what}: {_error_text(exc)}") from None
+    try:
+        inference = net.resolve_inference(args.inference)
+    except ValueError as exc:
+        raise CLIError(f"--inference {args.inference}: {_error_text(exc)}") from None
+    run_warnings = [w for w in (_coverage_warning(args, spec, uses),) if w]
+    if missing:
+        run_warnings.append(
+            f"weights {str(model.weights)!r} lack layers {', '.join(missing)}: they have seeded random "
+            "values (--allow-missing-weights)"
+        )
     if not model.in_zoo:
         from dataclasses import replace
 
@@ -1142,13 +1484,35 @@ def _prepare_explain(args: argparse.Namespace) -> tuple[_RunState, list[tuple[st
     sampler, sampler_info = (None, {})
     if "sampler" in uses:
         sampler, sampler_info = _build_sampler(args, spec)
-
-    state = _RunState(args, model, net, sampler, sampler_info, options, uses, class_request, Path(args.out))
+    fingerprints = {
+        "prototxt_sha256": hashlib.sha256(net.net_param.SerializeToString(deterministic=True)).hexdigest(),
+        "weights_sha256": file_digest(model.weights) if model.weights else None,
+        "missing_weights": missing or None,
+        "sampler_sha256": _fingerprint(sampler) if sampler is not None else None,
+        "labels_sha256": file_digest(spec.class_names) if spec.class_names else None,
+    }
+    for w in run_warnings:
+        _note(f"warning: {w}")
+    state = _RunState(
+        args,
+        model,
+        net,
+        sampler,
+        sampler_info,
+        options,
+        uses,
+        class_request,
+        out.path,
+        inference,
+        fingerprints,
+        run_warnings,
+    )
     return state, items
 
 
 def _explain_all(state: _RunState, items: list[tuple[str, Path | None, str | None]]) -> int:
-    """Explain each image; a failing image prints one line and the others go on (exit 2 if any failed)."""
+    """Explain each image; a failing image prints one line and the others go on (exit 2 if any failed);
+    an output that cannot be written ends the run."""
     user_errors = _user_error_types()
     paths = [p for _, p, err in items if err is None and p is not None]
     stems = iter(_unique_stems(paths))
@@ -1162,13 +1526,12 @@ def _explain_all(state: _RunState, items: list[tuple[str, Path | None, str | Non
         stem = next(stems)
         try:
             done = _explain_one(state, path, stem)
-        except _Interrupted:
+        except (_Interrupted, _Fatal):
             raise
         except user_errors as exc:
             if _debug():
                 raise
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            text = _one_line(msg)
+            text = _error_text(exc)
             _err(text if str(path) in text else f"{path}: {text}")
             failed += 1
             continue

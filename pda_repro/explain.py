@@ -117,6 +117,10 @@ def _check_rng(rng: Any) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
     if isinstance(rng, int | np.integer) and not isinstance(rng, bool):
+        if rng < 0:
+            raise ValueError(
+                f"rng must be a numpy.random.Generator, an int seed >= 0 or None, got {int(rng)}"
+            )
         return np.random.default_rng(int(rng))
     raise ValueError(f"rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
 
@@ -169,7 +173,10 @@ def explain(
     window/outer/samples/stride: k, l, S and the window stride. sampler: the imputer
       (pda_repro.sampling.PatchGaussian / MarginalSampler) fitted for k, l and the image's channels.
     batch: at most this many window evaluations per backend.forward_windows call (None: the
-      backend's choice for the inference mode, `net.window_batch(mode)`).
+      backend's choice for the inference mode, `net.window_batch(mode)`). Which noise a window sees
+      does not depend on batch or inference; the maps do only at float32 rounding of the forward
+      pass (a batch's composition changes the kernels' summation order): ≤ ~1e-4 in weight of
+      evidence, ≤ ~1e-5 in probability (tests/test_faults.py checks batch 1 against 4 on MNIST).
     classes: class indices to explain (default all K). rng: Generator or int seed for the
       sampling methods (default seed 0); one root seed is taken from it.
     output: "prob" or "logit" for the gradient methods (None: the method's default).
@@ -241,6 +248,11 @@ def explain(
     t0 = time.perf_counter()
     probs, logits = net.forward(x[None])
     t_first = time.perf_counter() - t0
+    if not np.isfinite(probs).all():
+        raise ValueError(
+            "the net gives NaN/Inf class probabilities for the image (forward pass of the image; "
+            f"weights {net.weights_source})"
+        )
     ctx = RunContext(
         net=net,
         image=x,
@@ -268,6 +280,12 @@ def explain(
     finally:
         net.inference = previous_inference
     t_run = time.perf_counter() - t1
+    bad = np.flatnonzero(~np.isfinite(np.asarray(result.maps)).reshape(len(class_ids), -1).all(axis=1))
+    if bad.size:
+        raise ValueError(
+            f"method {cls.name!r} produced NaN/Inf in the maps of class {int(class_ids[bad[0]])} "
+            "(window evaluations / reduction stage); the image's probabilities were finite"
+        )
     seconds = time.perf_counter() - started
     timings = {"sampling": 0.0, "forward": 0.0, "backward": 0.0, "other": 0.0, **result.timings}
     timings["forward"] += t_first

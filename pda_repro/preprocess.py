@@ -114,13 +114,12 @@ def read_rgb(path: str | Path, background: tuple[int, int, int] = (255, 255, 255
             f"cannot read image {str(path)!r}: not an image format Pillow recognises "
             f"(supported: {', '.join(SUPPORTED_FORMATS)})"
         ) from None
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(
+            f"image {str(path)!r} is larger than the decoding limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
+            f"({_one_line(exc)}); raise it with --max-pixels N (API: PIL.Image.MAX_IMAGE_PIXELS = N)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ImageReadError(
             f"cannot read image {str(path)!r}: corrupt or truncated file ({reason})"
@@ -128,6 +127,10 @@ def read_rgb(path: str | Path, background: tuple[int, int, int] = (255, 255, 255
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageReadError(f"cannot read image {str(path)!r}: decoded to an unusable shape {arr.shape}")
     return arr
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
 
 
 # --- geometry ------------------------------------------------------------------------------------

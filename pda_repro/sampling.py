@@ -55,6 +55,8 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 from scipy.linalg import LinAlgError, blas, cho_factor, cholesky, solve_triangular
 
+from pda_repro.io import atomic_writer, remove_stale_temps
+
 __all__ = [
     "ConstantFill",
     "MarginalSampler",
@@ -164,16 +166,19 @@ def _check_windows(rows: ArrayLike, cols: ArrayLike, k: int, height: int, width:
 def _atomic_savez(path: Path, **arrays) -> None:
     """np.savez to `path` via a temporary file in the same directory and os.replace (nothing half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with atomic_writer(path) as f:
+        np.savez(f, **arrays)
+
+
+def _check_writable(directory: Path) -> None:
+    """Create `directory` and a file in it (removed again); an OSError names the directory and the cause."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        directory.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(directory, older_than=3600.0)  # left by killed fits (a live one takes far less)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe.", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(directory)) from None
 
 
 def _lower_times_inplace(trmm, chol: np.ndarray, block: np.ndarray) -> None:
@@ -594,8 +599,9 @@ class PatchGaussian(WindowImputer):
                 }
                 if found == key:
                     return cached
-            except (ValueError, KeyError, OSError):
-                pass  # unreadable or stale entry: refit and overwrite
+            except Exception:  # noqa: BLE001 - a truncated/corrupt/stale entry is refitted and replaced
+                pass
+        _check_writable(path.parent)  # before the fit: an unwritable cache fails in seconds, not minutes
         data = images() if callable(images) else images
         first = data[0]
         if np.shape(first)[0] != channels:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from pda_repro.backends.base import BackendError
 from pda_repro.caffe_quirks import legacy_match
+from pda_repro.io import atomic_writer
 
 # wire types
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
@@ -256,7 +256,8 @@ def match_weights(
 
     As Caffe's CopyTrainedLayersFrom: layers the net does not have are ignored (e.g. bvlc_googlenet's
     auxiliary classifiers); layers missing from `weights` keep their values. A blob count or shape that
-    disagrees raises CaffemodelError naming the layer and both shapes; so does matching no layer."""
+    disagrees raises CaffemodelError naming the layer and both shapes; so do NaN/Inf values and matching
+    no layer."""
     fitted: dict[str, list[np.ndarray]] = {}
     for name, shapes in expected.items():
         if name not in weights:
@@ -279,7 +280,13 @@ def match_weights(
                 raise CaffemodelError(
                     f"{source}: layer {name!r} blob {i} has dtype {array.dtype}, expected float"
                 )
-            out.append(np.ascontiguousarray(array.reshape(shape), dtype=np.float32))
+            blob = np.ascontiguousarray(array.reshape(shape), dtype=np.float32)
+            bad = int(blob.size - np.count_nonzero(np.isfinite(blob)))
+            if bad:
+                raise CaffemodelError(
+                    f"{source}: layer {name!r} blob {i} holds {bad} NaN/Inf value(s) of {blob.size}"
+                )
+            out.append(blob)
         fitted[name] = out
     if expected and not fitted:
         raise CaffemodelError(
@@ -336,28 +343,18 @@ def write_caffemodel(
 
     Streams to a temporary file in the same directory and renames it over `path`, so a failed write
     leaves nothing half-written and no second copy of the weights is made in memory."""
-    path = Path(path)
     layer_types = layer_types or {}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a caffemodel is an ordinary file
-        with os.fdopen(fd, "wb") as out:
-            if net_name:
-                out.write(_string_field(1, net_name))
-            for name, blobs in weights.items():
-                head = _string_field(1, name)
-                if layer_types.get(name):
-                    head += _string_field(2, layer_types[name])
-                parts = [head]
-                for blob in blobs:
-                    parts.extend(_blob_parts(np.asarray(blob)))
-                size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
-                out.write(_length_field(100, size))
-                for part in parts:
-                    out.write(part)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as out:
+        if net_name:
+            out.write(_string_field(1, net_name))
+        for name, blobs in weights.items():
+            head = _string_field(1, name)
+            if layer_types.get(name):
+                head += _string_field(2, layer_types[name])
+            parts = [head]
+            for blob in blobs:
+                parts.extend(_blob_parts(np.asarray(blob)))
+            size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+            out.write(_length_field(100, size))
+            for part in parts:
+                out.write(part)

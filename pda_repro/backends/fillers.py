@@ -94,6 +94,14 @@ def random_weights(net: Any, rng: np.random.Generator | int) -> dict[str, list[n
     return weights
 
 
+def missing_layers(net: Any, weights: dict[str, list[np.ndarray]]) -> list[str]:
+    """The learnable layers of `net` that `weights` lacks, in layer order (the layers it has are checked
+    first: blob counts, shapes, finite values; a mismatch is a CaffemodelError naming the layer)."""
+    expected = proto.infer_shapes(proto.deploy_net(net), batch=1).params
+    match_weights(weights, expected)
+    return [name for name in expected if name not in weights]
+
+
 def initial_weights(
     net: Any, weights: dict[str, list[np.ndarray]] | None, seed: int
 ) -> dict[str, list[np.ndarray]]:
