@@ -547,7 +547,12 @@ def _read_labels(spec: Any, count: int) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise CLIError(f"class-name file {str(path)!r} of model {model} not found")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        cause = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise CLIError(f"cannot read class-name file {str(path)!r}: {cause}") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if len(names) != count:
         raise CLIError(
             f"class-name file {str(path)!r} has {len(names)} names, model {model} has {count} classes"
@@ -1077,6 +1082,8 @@ def _settings(state: _RunState) -> dict[str, Any]:
         "seed": a.seed,
         "batch": a.batch,
         "model": state.model.spec.name,
+        "prototxt": str(Path(state.model.spec.prototxt).resolve()),
+        "weights": str(state.model.weights.resolve()) if state.model.weights else None,
         **state.fingerprints,
         "backend": a.backend,
         "device": a.device,

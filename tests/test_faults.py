@@ -207,6 +207,18 @@ def test_bad_arguments(world, tmp_path, args, needles):
     assert stdout == ""
 
 
+@pytest.mark.parametrize(
+    "content, needle",
+    [(b"\xff\xfe\x00binary", "not UTF-8"), (b"zero\none\n", "has 2 names, model mnist has 10")],
+)
+def test_bad_label_files(world, tmp_path, content, needle):
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes(content)
+    code, _, err = _main(*_base(world), world["seven"], "--labels", labels, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "labels.txt", needle)
+    assert not (tmp_path / "out").exists()
+
+
 def test_fit_images_that_hold_no_image(world, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
