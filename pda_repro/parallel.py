@@ -139,6 +139,10 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
 def ray_session(cluster: str | None, local_workers: int) -> Any:
     """The `ray` module, initialised: embedded with `local_workers` CPUs, or joined to `cluster`."""
     target = cluster or f"local:{local_workers}"
+    if cluster is not None and cluster != "auto" and _split_address(cluster)[0] in ("127.0.0.1", "localhost"):
+        # a cluster on this machine's loopback: Ray would rewrite 127.0.0.1 to the node's network
+        # address, where a loopback-bound GCS does not listen (read when ray is first imported)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = _ray()
     if ray.is_initialized():
         if _SESSION["target"] == target or (_SESSION["target"] is None and cluster is None):
