@@ -238,6 +238,7 @@ def _lite0_plan(profile: str) -> Plan:
         MapRun("saliency", "saliency", reuse="saliency"),
         MapRun("gradient_x_input", "gradient_x_input", reuse="gradient_x_input"),
         MapRun("gradcam", "gradcam", reuse="gradcam"),
+        MapRun("epda_s2", "epda", 2, 0, c, images=1),
         MapRun("epda_s4", "epda", 4, 0, c, images=2),
         MapRun("pda_s10", "pda", 10, 0, c, images=1),
         MapRun("pda_s10_seed1", "pda", 10, 1, c, images=1),
@@ -253,6 +254,7 @@ def _lite0_plan(profile: str) -> Plan:
         ("pda_vs_epda_sampled", "pda_s5", "epda_sampled_s5"),
         ("epda_vs_epda_sampled", "epda_s5", "epda_sampled_s5"),
         ("epda_vs_simplified", "epda", "simplified"),
+        ("epda_stride1_vs_stride2", "epda", "epda_s2"),
         ("epda_stride1_vs_stride4", "epda", "epda_s4"),
         ("epda_stride1_vs_stride5", "epda", "epda_s5"),
         ("epda_stride1_vs_stride10", "epda", "epda_s10"),
@@ -290,7 +292,7 @@ def _lite0_plan(profile: str) -> Plan:
             "scale": "reduced to fit a shared 2-core CPU (~36 ms per EfficientNet-Lite0 forward): 5 of the 27 "
             "photos; PDA at stride 5 (maps of the Fig 14 run) and at stride 10 with two seeds on coffee only; "
             "efficient PDA at stride 1 and 5 (Fig 14/19 maps), stride 4 on coffee and orange, stride 10 on "
-            "coffee; border shift at stride 5 on coffee and orange. Not run: efficient PDA at stride 2, PDA "
+            "coffee, stride 2 on coffee; border shift at stride 5 on coffee and orange. Not run: PDA "
             "at stride 1 (462,250 forward passes per photo), the other 22 photos",
         },
     )
