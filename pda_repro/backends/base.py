@@ -20,6 +20,7 @@ INFERENCE_MODES: tuple[str, ...] = ("auto", "incremental", "full")
 
 PAPER_BATCH = 160
 CPU_BATCH = 4
+INCREMENTAL_CPU_BATCH = 16
 
 
 def default_batch(device: str = "cpu") -> int:
@@ -83,6 +84,7 @@ class Backend(ABC):
     def _set_device_and_batch(self, device: str, batch: int | None, cuda_index: bool = False) -> None:
         """Check and store `device` ("cpu", "cuda"; "cuda:N" too if `cuda_index`) and `batch`
         (None: default_batch(device))."""
+        self.batch_given = batch is not None
         batch = default_batch(device) if batch is None else batch
         if batch < 1:
             raise BackendError(f"batch must be at least 1, got {batch}")
@@ -149,8 +151,13 @@ class Backend(ABC):
 
     def window_batch(self, inference: str | None = None) -> int:
         """Windows per forward_windows call when the caller does not choose (the window loop's
-        default batch) for an inference mode: here `batch`, the images per framework call."""
-        return self.batch
+        default batch) for an inference mode: `batch` when it was given at construction; else
+        default_batch(device) for full inference and, for incremental inference on a CPU,
+        INCREMENTAL_CPU_BATCH -- its blocks are small, so the per-call overhead and the dense layers'
+        weight reads are spread over more windows (benchmarks/bench_batch.py measures both)."""
+        if getattr(self, "batch_given", True) or self.resolve_inference(inference) == "full":
+            return self.batch
+        return self.batch if str(self.device).startswith("cuda") else INCREMENTAL_CPU_BATCH
 
     def forward_windows(
         self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, patches: np.ndarray

@@ -417,9 +417,10 @@ class TorchBackend(Backend):
     ) -> tuple[np.ndarray, np.ndarray]:
         engine, state = self._incremental_engine(), self.base_state(x)
         probs, logits = [], []
+        step = self.window_batch("incremental")
         with torch.no_grad():
-            for start in range(0, rows.size, self.batch):
-                sel = slice(start, start + self.batch)
+            for start in range(0, rows.size, step):
+                sel = slice(start, start + step)
                 chunk = torch.from_numpy(patches[sel]).to(self.device)
                 out = engine.forward_windows(state, rows[sel], cols[sel], chunk)
                 probs.append(out["prob"].reshape(chunk.shape[0], -1).cpu().numpy())

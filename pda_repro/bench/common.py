@@ -72,6 +72,7 @@ class BenchContext:
     progress: Progress | None = None
     show_inner_progress: bool = False
     threads: int | None = None  # threads per library (torch, OpenBLAS); None/0: the libraries' defaults
+    inference: str = "auto"  # Figure 12's forward passes: auto | incremental | full
     _backends: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
     _samplers: dict[tuple[Any, ...], tuple[Any, dict]] = field(default_factory=dict, repr=False)
     _machine: dict[str, Any] | None = field(default=None, repr=False)

@@ -42,6 +42,7 @@ DESCRIPTION = (
 COLUMNS = {
     "method": "pda (Algorithm 1) or epda (Algorithm 2, efficient PDA)",
     "profile": "quick (subset of windows, extrapolated) or paper (every window)",
+    "inference": "full (paste + forward) or incremental (only what the window changes; torch backend)",
     "window": "k",
     "outer": "l",
     "samples": "S (PDA) / 1 (efficient PDA)",
@@ -162,6 +163,7 @@ def time_explanation(
         progress=ctx.show_inner_progress,
         checkpoint=checkpoint,
         window_subset=subset,
+        inference=ctx.inference,
         train_size=int(ctx.spec(model).train_size),
     )
     wall = time.perf_counter() - start
@@ -172,6 +174,7 @@ def time_explanation(
     )
     _, weights = ctx.weights_for(model)
     return {
+        "inference": result.params["inference"],
         "window": window,
         "outer": outer,
         "samples": s,
@@ -198,6 +201,8 @@ def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> 
                     "profile": ctx.profile,
                     "batch": ctx.batch,
                 }
+                if inference_of(ctx, backend_name) == "incremental":  # full cells keep their old keys
+                    key["inference"] = "incremental"
                 total = _windows_total(ctx, model)
                 per_window = SAMPLES if method == "pda" else 1
                 spb = ctx.seconds_per_batch(model, backend_name)
@@ -227,10 +232,16 @@ def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> 
                     )
                     return [row], {"setting": f"k={WINDOW} l={OUTER} S={SAMPLES} stride={STRIDE}"}
 
-                label = f"fig12 {model}/{backend_name}/{ctx.device} {method} ({ctx.profile}"
+                label = f"fig12 {model}/{backend_name}/{ctx.device} {method} {inference_of(ctx, backend_name)} ({ctx.profile}"
                 label += f", {n} of {total} windows)" if n < total else ", all windows)"
                 out.append(Cell("fig12", key, label, estimate, run, model, DESCRIPTION, COLUMNS))
     return out
+
+
+def inference_of(ctx: BenchContext, backend_name: str) -> str:
+    """The inference mode a Figure 12 cell runs with: pycaffe always re-runs the net in full; the
+    torch backend follows ctx.inference (auto = incremental: every zoo net has the rules)."""
+    return "full" if backend_name == "caffe" or ctx.inference == "full" else "incremental"
 
 
 def _windows_total(ctx: BenchContext, model: str) -> int:

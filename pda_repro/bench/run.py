@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pda_repro.bench import approximation, faithfulness, fig12, table1
+from pda_repro.bench import approximation, faithfulness, fig12, incremental, table1
 from pda_repro.bench.common import BACKENDS, BenchContext, available_models
 from pda_repro.bench.plan import Cell, RunReport, run_cells
 from pda_repro.bench.results import RESULTS_DIR, ResultStore, env_name
 
-EXPERIMENTS = ("table1", "fig12", "approx")
+EXPERIMENTS = ("table1", "fig12", "incremental", "approx")
 # Long experiments run only when named (not part of "all"): the faithfulness runs take CPU hours at full scale.
 OPT_IN_EXPERIMENTS = ("faithfulness",)
 APPROX_FIGURES = ("fig9_10", "fig11", "fig16")  # what "approx" stands for; each may also be named alone
@@ -26,6 +26,7 @@ APPROX_FIGURES = ("fig9_10", "fig11", "fig16")  # what "approx" stands for; each
 DEFAULT_PLAN: dict[str, tuple[str, ...]] = {
     "table1": ("mnist", "alexnet"),
     "fig12": ("mnist", "alexnet"),
+    "incremental": ("mnist", "alexnet"),
     "approx": ("mnist", "alexnet"),
     "faithfulness": ("mnist", "efficientnet_lite0"),
 }
@@ -36,6 +37,8 @@ def _builder(experiment: str):
         return table1.cells
     if experiment == "fig12":
         return fig12.cells
+    if experiment == "incremental":
+        return incremental.cells
     if experiment == "faithfulness":
         return faithfulness.cells
     figures = APPROX_FIGURES if experiment == "approx" else (experiment,)
@@ -51,12 +54,13 @@ class RunRequest:
     profile: str = "quick"
     weights: str | None = None
     force: bool = False
-    experiments: str = "table1,fig12,approx"
+    experiments: str = "table1,fig12,incremental,approx"
     results_dir: str | Path = RESULTS_DIR
     seed: int = 0
     progress: bool = True
     inner_progress: bool = False
     threads: int | None = 1
+    inference: str = "auto"
 
 
 def parse_experiments(text: str) -> list[str]:
@@ -153,6 +157,7 @@ def run(request: RunRequest, command: str | None = None) -> RunReport:
         command=command,
         show_inner_progress=request.inner_progress,
         threads=request.threads,
+        inference=request.inference,
     )
     cells = plan_cells(ctx, models, backends, experiments)
     if request.progress:

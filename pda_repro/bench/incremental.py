@@ -1,0 +1,193 @@
+"""Incremental vs full inference: the same explanation computed both ways, timed in one run.
+
+Setting: torch backend, k=10, l=18, S=10 (PDA), stride 1, the predicted class of the Figure 12
+image. Per (model, method) cell the same windows are explained four times in the order full,
+incremental, incremental, full (so a load drift on a shared machine hits both modes alike), at the
+same batch -- `batch` windows per forward_windows call, INCREMENTAL_CPU_BATCH on a CPU (the
+window batch the tool uses for incremental runs), the harness batch on a GPU -- and once more in
+full at the CPU default batch (what the tool used before incremental inference). Quick profile: an
+evenly spread subset of windows (QUICK_WINDOWS), times extrapolated linearly to all windows as in
+Figure 12; paper profile: every window.
+
+Beside the measured speed-ups the rows hold the ideal ratio (full / incremental multiply-adds, each
+window's own box, over every window of the run; pda_repro.incremental.cost), the ratio of what the
+engine computes (the batch's common block size) for the run order and for the timed subset, the
+peak resident memory of both modes at the same batch, the stored activations' size, the largest
+probability difference between the modes (the windows' conditional means) and the loop's own share
+of the incremental run (everything but forward_windows).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pda_repro.bench.common import BenchContext
+from pda_repro.bench.inputs import timing_image
+from pda_repro.bench.plan import Cell, net_or_skip
+from pda_repro.bench.runner import PeakMemory
+
+WINDOW, OUTER, SAMPLES, STRIDE = 10, 18, 10, 1
+METHODS = ("epda", "pda")
+QUICK_WINDOWS = {"epda": 64, "pda": 8}
+MODELS_WITH_TARGETS = {"vgg16": 8.0, "alexnet": 3.0, "googlenet": 2.0, "efficientnet_lite0": 1.4}
+KRYPTON_VGG16_CPU = 5.4  # Nakandala et al. 2019: exact incremental occlusion, VGG-16, CPU
+
+DESCRIPTION = (
+    "Incremental vs full inference (torch backend): one explanation timed in both modes on the same "
+    "windows (order full, incremental, incremental, full), at the same batch, plus full inference at the "
+    "CPU default batch; quick profile extrapolated from an evenly spread subset of windows."
+)
+COLUMNS = {
+    "model": "zoo model name",
+    "method": "epda (Algorithm 2) or pda (Algorithm 1, S samples)",
+    "window": "k",
+    "outer": "l",
+    "samples": "S (PDA) / 1 (efficient PDA)",
+    "stride": "window stride",
+    "batch": "windows per forward_windows call, both modes",
+    "full_default_batch": "images per forward call of full inference at the CPU default",
+    "weights": "weights the net ran with",
+    "image": "the explained image",
+    "windows_total": "windows in the image",
+    "windows_evaluated": "windows timed (extrapolated to windows_total when fewer)",
+    "extrapolated": "True when the seconds are extrapolated from windows_evaluated",
+    "full_seconds": "explanation time with inference=full at `batch` (mean of two runs) [s]",
+    "incremental_seconds": "explanation time with inference=incremental at `batch` (mean of two runs) [s]",
+    "full_default_batch_seconds": "explanation time with inference=full at full_default_batch [s]",
+    "speedup": "full_seconds / incremental_seconds (same batch)",
+    "speedup_vs_full_default_batch": "full_default_batch_seconds / incremental_seconds",
+    "ideal_ratio": "full / incremental multiply-adds, each window's own box, every window of the run",
+    "engine_ratio": "full / incremental multiply-adds the engine computes (common block per batch), run order",
+    "engine_ratio_timed": "the same for the timed windows in their timed order",
+    "fraction_of_ideal": "speedup / ideal_ratio",
+    "target_speedup": "the target of the incremental-inference issue (efficient PDA, stride 1, CPU)",
+    "peak_rss_full_mib": "process resident-memory high-water mark during a full run [MiB]",
+    "peak_rss_incremental_mib": "the same during an incremental run [MiB]",
+    "base_state_mib": "stored activations of the unmodified image (incl. padded copies) [MiB]",
+    "max_abs_dprob": "largest |P_incremental - P_full| over the classes of the timed windows' first batch",
+    "max_abs_dmap": "largest |map_incremental - map_full| (weight of evidence, log2 odds)",
+    "loop_overhead_fraction": "share of the incremental run outside forward_windows (imputation, bookkeeping)",
+    "krypton_vgg16_cpu": "Krypton's exact incremental occlusion speed-up on VGG-16, CPU (for comparison)",
+}
+
+
+def _explain(net, image, method, sampler, cls, subset, batch, inference, ctx, model, train_size):
+    from pda_repro.explain import explain
+
+    with PeakMemory(ctx.device) as peak:
+        start = time.perf_counter()
+        result = explain(
+            net, image, method=method, window=WINDOW, outer=OUTER, samples=SAMPLES, stride=STRIDE,
+            batch=batch, sampler=sampler, classes=[cls], rng=ctx.rng("incremental", model, method),
+            progress=ctx.show_inner_progress, window_subset=subset, train_size=train_size,
+            inference=inference,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+    return result, seconds, peak.peak_rss_mib
+
+
+def measure(ctx: BenchContext, model: str, method: str, subset: int | None) -> dict[str, Any]:
+    """One row: the explanation of the model's timing image in both modes (see the module docstring)."""
+    from pda_repro.backends.base import INCREMENTAL_CPU_BATCH, default_batch
+    from pda_repro.incremental import cost
+    from pda_repro.methods.windows import WindowGrid
+
+    net = net_or_skip(ctx, model, "torch")
+    if net.incremental_note():
+        raise ValueError(f"{model}: {net.incremental_note()}")
+    image, image_name = timing_image(ctx, model)
+    _, h, w = image.shape
+    grid = WindowGrid(h, w, WINDOW, STRIDE)
+    if subset is not None and subset >= grid.n_windows:
+        subset = None
+    sampler, _ = ctx.sampler(model, WINDOW, OUTER, (h, w))
+    cls = int(np.argmax(net.forward(image[None])[0][0]))
+    batch = ctx.batch if ctx.device == "cuda" else INCREMENTAL_CPU_BATCH
+    full_batch = default_batch(ctx.device)
+    train_size = int(ctx.spec(model).train_size)
+    run = {"full": [], "incremental": []}
+    for inference in ("full", "incremental", "incremental", "full"):
+        run[inference].append(
+            _explain(net, image, method, sampler, cls, subset, batch, inference, ctx, model, train_size)
+        )
+    default_run = _explain(
+        net, image, method, sampler, cls, subset, full_batch, "full", ctx, model, train_size
+    )
+    evaluated = run["full"][0][0].windows_evaluated
+    scale = grid.n_windows / evaluated
+    t_full = np.mean([r[1] for r in run["full"]]) * scale
+    t_incr = np.mean([r[1] for r in run["incremental"]]) * scale
+    t_default = default_run[1] * scale
+    incr = run["incremental"][0][0]
+    forward = np.mean([r[0].timings["forward"] for r in run["incremental"]])
+    overhead = 1.0 - forward / np.mean([r[1] for r in run["incremental"]])
+
+    graph = net._incremental_engine().graph
+    rows, cols = grid.corners()
+    timed_rows, timed_cols = grid.corners(grid.subset(subset))
+    patches = sampler.mean_at(image, timed_rows[:batch], timed_cols[:batch])
+    probs = {}
+    for inference in ("full", "incremental"):
+        net.inference = inference
+        probs[inference] = net.forward_windows(image, timed_rows[:batch], timed_cols[:batch], patches)[0]
+    net.inference = "auto"
+    ideal = cost.ideal_ratio(graph, WINDOW, rows, cols)
+    speedup = t_full / t_incr
+    _, weights = ctx.weights_for(model)
+    return {
+        "window": WINDOW,
+        "outer": OUTER,
+        "samples": SAMPLES if method == "pda" else 1,
+        "stride": STRIDE,
+        "full_default_batch": full_batch,
+        "weights": weights,
+        "image": image_name,
+        "windows_total": grid.n_windows,
+        "windows_evaluated": evaluated,
+        "extrapolated": evaluated < grid.n_windows,
+        "full_seconds": t_full,
+        "incremental_seconds": t_incr,
+        "full_default_batch_seconds": t_default,
+        "speedup": speedup,
+        "speedup_vs_full_default_batch": t_default / t_incr,
+        "ideal_ratio": ideal,
+        "engine_ratio": cost.engine_ratio(graph, WINDOW, rows, cols, batch),
+        "engine_ratio_timed": cost.engine_ratio(graph, WINDOW, timed_rows, timed_cols, batch),
+        "fraction_of_ideal": speedup / ideal,
+        "target_speedup": MODELS_WITH_TARGETS.get(model) if method == "epda" else None,
+        "peak_rss_full_mib": max(r[2] for r in run["full"]),
+        "peak_rss_incremental_mib": max(r[2] for r in run["incremental"]),
+        "base_state_mib": net.base_state(image).nbytes() / 2**20,
+        "max_abs_dprob": float(np.abs(probs["full"] - probs["incremental"]).max()),
+        "max_abs_dmap": float(np.abs(run["full"][0][0].maps - incr.maps).max()),
+        "loop_overhead_fraction": float(overhead),
+        "krypton_vgg16_cpu": KRYPTON_VGG16_CPU if model == "vgg16" else None,
+        "batch": batch,
+    }
+
+
+def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> list[Cell]:
+    """One cell per (model, method), torch backend only (pycaffe keeps full re-inference)."""
+    if "torch" not in backends:
+        return []
+    out = []
+    for model in models:
+        for method in METHODS:
+            subset = QUICK_WINDOWS[method] if ctx.profile == "quick" else None
+            key = {"model": model, "backend": "torch", "device": ctx.device, "method": method,
+                   "profile": ctx.profile}  # fmt: skip
+            per_window = SAMPLES if method == "pda" else 1
+            n = subset or 50_000
+            estimate = 5 * n * per_window * ctx.seconds_per_batch(model, "torch") / ctx.batch + 10.0
+
+            def run(model: str = model, method: str = method, subset: int | None = subset):
+                row = measure(ctx, model, method, subset)
+                return [row], {"setting": f"k={WINDOW} l={OUTER} S={SAMPLES} stride={STRIDE} torch"}
+
+            label = f"incremental {model}/torch/{ctx.device} {method} ({ctx.profile})"
+            out.append(Cell("incremental", key, label, estimate, run, model, DESCRIPTION, COLUMNS))
+    return out
