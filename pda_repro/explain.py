@@ -175,8 +175,9 @@ def explain(
     batch: at most this many window evaluations per backend.forward_windows call (None: the
       backend's choice for the inference mode, `net.window_batch(mode)`). Which noise a window sees
       does not depend on batch or inference; the maps do only at float32 rounding of the forward
-      pass (a batch's composition changes the kernels' summation order): ≤ ~1e-4 in weight of
-      evidence, ≤ ~1e-5 in probability (tests/test_faults.py checks batch 1 against 4 on MNIST).
+      pass (a batch's composition changes the kernels' summation order): within 1e-4 in weight of
+      evidence (tests/test_faults.py: batch 1 vs 4, full vs incremental, on MNIST) and 1e-5 in
+      probability (tests/test_incremental.py).
     classes: class indices to explain (default all K). rng: Generator or int seed for the
       sampling methods (default seed 0); one root seed is taken from it.
     output: "prob" or "logit" for the gradient methods (None: the method's default).
