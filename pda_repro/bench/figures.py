@@ -35,7 +35,7 @@ PAPER = {
     "speedup_setting": "Caffe + cuDNN, Tesla K80, batch 160, k=10, l=18, S=10 (AlexNet, VGG-16, GoogLeNet)",
 }
 MODEL_ORDER = ("alexnet", "vgg16", "googlenet", "mnist", "efficientnet_lite0")
-BACKEND_COLOURS = {"caffe": "#4c72b0", "torch": "#dd8452"}
+BACKEND_COLOURS = {"caffe": "#4c72b0", "torch": "#dd8452", "torch incremental": "#55a868"}
 # Both backends run the same net on the same samples, so their curves coincide: caffe thick, torch dashed.
 BACKEND_WIDTH = {"caffe": 2.6, "torch": 1.1}
 BACKEND_DASH = {"caffe": "-", "torch": "--"}
@@ -110,6 +110,16 @@ def one_per_cell(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
         rank += (frame["batch"] != 160).astype(int)
     ordered = frame.assign(_rank=rank).sort_values("_rank", kind="stable")
     return ordered.drop_duplicates(list(keys), keep="first").drop(columns="_rank")
+
+
+def fig12_frame(env_dir: Path) -> pd.DataFrame:
+    """Figure 12's rows, one per (model, backend, device, method); rows computed with incremental
+    inference are a backend of their own, labelled "torch incremental"."""
+    frame = _read(env_dir, "fig12")
+    if not frame.empty and "inference" in frame:
+        incremental = frame["inference"].fillna("full") == "incremental"
+        frame = frame.assign(backend=frame["backend"].where(~incremental, frame["backend"] + " incremental"))
+    return one_per_cell(frame, ["model", "backend", "device", "method"])
 
 
 def best_profile_rows(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -470,7 +480,7 @@ def render_all(results_dir: str | Path = RESULTS_DIR, readme: bool = True) -> Re
         t1 = one_per_cell(_read(env_dir, "table1"), ["model", "backend", "device"])
         if not t1.empty:
             done.figures.append(plot_table1(t1, env, out, machine))
-        f12 = one_per_cell(_read(env_dir, "fig12"), ["model", "backend", "device", "method"])
+        f12 = fig12_frame(env_dir)
         if not f12.empty:
             for log in (False, True):
                 done.figures.append(plot_fig12(f12, env, out, machine, log))
@@ -596,7 +606,7 @@ def _table1_section(env_dir: Path) -> list[str]:
 
 
 def _fig12_section(env_dir: Path) -> list[str]:
-    f12 = one_per_cell(_read(env_dir, "fig12"), ["model", "backend", "device", "method"])
+    f12 = fig12_frame(env_dir)
     if f12.empty:
         return []
     rows = []
@@ -652,6 +662,90 @@ def _fig12_section(env_dir: Path) -> list[str]:
     ]
 
 
+def _incremental_section(env_dir: Path) -> list[str]:
+    """Incremental vs full inference (pda_repro/bench/incremental.py), with the ideal ratios and Krypton's."""
+    frame = one_per_cell(_read(env_dir, "incremental"), ["model", "method"])
+    if frame.empty:
+        return []
+    rows = []
+    for model in _models_sorted(frame["model"]):
+        for method in ("epda", "pda"):
+            sub = frame[(frame["model"] == model) & (frame["method"] == method)]
+            if sub.empty:
+                continue
+            r = sub.iloc[0]
+            target = "" if pd.isna(r.get("target_speedup")) else f"≥ {r['target_speedup']:g}×"
+            how = (
+                f"extrapolated from {int(r['windows_evaluated'])} of {int(r['windows_total'])} windows"
+                if bool(r["extrapolated"])
+                else f"all {int(r['windows_total'])} windows"
+            )
+            rows.append(
+                [
+                    model,
+                    "efficient PDA" if method == "epda" else f"PDA (S={int(r['samples'])})",
+                    _fmt_seconds(r["full_seconds"]),
+                    _fmt_seconds(r["incremental_seconds"]),
+                    f"**{r['speedup']:.2f}×**",
+                    target,
+                    f"{r['ideal_ratio']:.2f}×",
+                    f"{r['engine_ratio']:.2f}×",
+                    f"{r['fraction_of_ideal']:.0%}",
+                    f"{r['speedup_vs_full_default_batch']:.2f}×",
+                    f"{r['peak_rss_full_mib']:.0f} / {r['peak_rss_incremental_mib']:.0f}",
+                    f"{r['base_state_mib']:.1f}",
+                    f"{r['max_abs_dprob']:.1e}",
+                    f"{r['loop_overhead_fraction']:.1%}",
+                    how,
+                ]
+            )
+    first = frame.iloc[0]
+    meta = _meta(env_dir, "incremental").get("cells", {})
+    loads = sorted({str(m.get("load_average_1_5_15")) for m in meta.values()})
+    vgg = frame[(frame["model"] == "vgg16") & (frame["method"] == "epda")]
+    krypton = ""
+    if not vgg.empty:
+        v = vgg.iloc[0]
+        krypton = (
+            f" Krypton (Nakandala et al. 2019), exact incremental occlusion on VGG-16 on a CPU: "
+            f"{v['krypton_vgg16_cpu']:g}× (its paper); ours, efficient PDA on VGG-16: {v['speedup']:.2f}×."
+        )
+    return [
+        "### Incremental inference — only what a window changes is recomputed",
+        "",
+        f"Setting: torch backend, {first['device']}, k={first['window']}, l={first['outer']}, S=10 (PDA), stride "
+        f"{first['stride']}, batch {first['batch']} windows per call in both modes, 1 thread per library; per cell "
+        "the same windows in the order full, incremental, incremental, full (means of two runs each). "
+        "*ideal* = full / incremental multiply-adds of convolutions and fully connected layers with each "
+        "window's own changed box, over every window of a stride-1 run; *engine* = the same for the blocks "
+        "the engine computes (one block size per batch). Full inference at the CPU default batch "
+        f"({int(first['full_default_batch'])}) is the tool's behaviour before incremental inference."
+        f"{krypton} Load average during the cells: {', '.join(loads)}.",
+        "",
+        _md_table(
+            [
+                "model",
+                "method",
+                "full",
+                "incremental",
+                "speed-up",
+                "target",
+                "ideal",
+                "engine",
+                "of ideal",
+                "vs full at default batch",
+                "peak RSS full / incr. [MiB]",
+                "stored activations [MiB]",
+                "max Δp",
+                "loop overhead",
+                "how",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
 def _sampling_section(env_dir: Path) -> list[str]:
     lines = [
         "### Sampling time",
@@ -659,7 +753,7 @@ def _sampling_section(env_dir: Path) -> list[str]:
         f"Paper: ≈ {PAPER['sampling_seconds'] / 60:.0f} min for {PAPER['sampling_samples']:,} samples "
         f"({PAPER['sampling_setting']}).",
     ]
-    f12 = one_per_cell(_read(env_dir, "fig12"), ["model", "backend", "device", "method"])
+    f12 = fig12_frame(env_dir)
     if not f12.empty:
         pda = f12[f12["method"] == "pda"]
         for _, r in pda.iterrows():
@@ -713,6 +807,111 @@ def _batch_section(env_dir: Path) -> list[str]:
         f"\nData: [batch_size.csv]({env_dir.name}/batch_size.csv)",
         "",
     ]
+
+
+def _parallel_section(env_dir: Path) -> list[str]:
+    """Ray workers vs one process (benchmarks/bench_parallel.py), start-up, memory and the projection."""
+    data = _read(env_dir, "parallel")
+    if data.empty:
+        return []
+    meta = _meta(env_dir, "parallel")
+    rows = [
+        [
+            r["model"],
+            r["config"],
+            r["inference"],
+            r["executor"],
+            int(r["workers"]),
+            int(r["threads_per_process"]),
+            f"{r['seconds_median']:.1f}",
+            f"{r['windows_per_s']:.2f}",
+            f"{r['throughput_vs_1proc_2threads']:.2f}×",
+            f"{r['full_image_s_extrapolated'] / 60:.1f}",
+            str(r["load_1min_at_rounds"]),
+        ]  # fmt: skip
+        for _, r in data.iterrows()
+    ]
+    first = data.iloc[0]
+    lines = [
+        "### Parallel runs (Ray) on this CPU",
+        "",
+        f"Efficient PDA (k={first['k']}, l={first['l']}, stride {first['stride']}, batch {first['batch']}, top class) on "
+        f"{int(first['windows'])} evenly spread windows per model in chunks of {int(first['chunk_windows'])}, median of "
+        f"{int(first['rounds'])} interleaved rounds (benchmarks/bench_parallel.py); 'full image' extrapolates to "
+        "46,225 windows (Ray start-up added once). The machine was shared: the 1-minute load at each round is listed.",
+        "",
+        _md_table(
+            [
+                "model",
+                "config",
+                "inference",
+                "executor",
+                "workers",
+                "threads",
+                "s",
+                "windows/s",
+                "vs 1 process, 2 threads",
+                "full image, min",
+                "load",
+            ],  # fmt: skip
+            rows,
+        ),
+    ]
+    startup, memory = meta.get("startup", {}), meta.get("memory", {})
+    for model, s in startup.items():
+        m = memory.get(model, {})
+        workers = m.get("worker_rss_bytes") or []
+        lines.append(
+            f"\n- {model}: Ray start-up {s['ray_init_s']:.1f} s (embedded `ray.init`) + {s['actors_ready_s']:.1f} s "
+            f"(actors with the net built); worker memory {', '.join(f'{w / 2**20:.0f}' for w in workers)} MiB; "
+            f"Ray's own processes {m.get('ray_system_rss_bytes', 0) / 2**20:.0f} MiB; the net in the object store "
+            f"{m.get('object_store_bytes_for_the_net', 0) / 2**20:.1f} MiB"
+        )
+    for model, c in meta.get("chunks", {}).items():
+        lines.append(
+            f"- {model}: {c['compute_s_per_window'] * 1000:.0f} ms of worker compute per window; a chunk's result is "
+            f"{c['bytes_back_per_window_per_class']} bytes per window and class (+ ~{c['bytes_back_per_chunk_1_class'] - 8 * c['chunk_windows']} bytes)"
+        )
+    be = meta.get("break_even", {})
+    if be:
+        lines.append(
+            f"- break-even of `--workers auto`: Ray pays for serial runs over "
+            f"{_fmt_cell(be.get('serial_seconds_where_ray_pays'))} s (vs 2 threads) / "
+            f"{_fmt_cell(be.get('serial_seconds_where_ray_pays_vs_1thread'))} s (vs 1 thread); the threshold used is "
+            f"{_fmt_cell(be.get('auto_threshold_s'))} s"
+        )
+    proj, drv = meta.get("projection", {}), meta.get("driver", {})
+    if proj:
+        lines += [
+            "",
+            "**Projection, not a measurement** — from the measured per-chunk compute time (default chunks of 2,560 "
+            f"windows), the driver's measured cost per chunk (Ray round trip {drv.get('ray_round_trip_s_per_chunk', 0) * 1000:.1f} ms, "
+            f"placing + checkpoint {drv.get('place_and_checkpoint_s_per_chunk', 0) * 1000:.1f} ms) and its progress "
+            f"polling (2 round trips per worker per second). One image has {drv.get('chunks_per_image_default')} chunks, "
+            "so more workers than that need several images at once.",
+            "",
+        ]
+        prow = []
+        for model, p in proj.items():
+            for r in p["rows"]:
+                prow.append([model, r["workers"], f"{r['expected_speedup']:.0f}×", r["limited_by"],
+                             f"{r['one_image_speedup']:.0f}×", f"{r['result_traffic_bytes_per_s'] / 1e6:.2f} MB/s"])  # fmt: skip
+        lines.append(
+            _md_table(
+                ["model", "workers", "expected speed-up", "limited by", "one image", "results to the driver"],
+                prow,
+            )
+        )
+        for model, p in proj.items():
+            lines.append(
+                f"\n- {model}: a chunk computes for {p['chunk_compute_s']:.0f} s on one worker; the driver saturates "
+                f"at ~{p['driver_saturates_at_workers']:.0f} workers"
+            )
+    lines += [
+        f"\nData: [parallel.csv]({env_dir.name}/parallel.csv), [parallel.json]({env_dir.name}/parallel.json)",
+        "",
+    ]
+    return lines
 
 
 def _fmt_cell(v: Any) -> str:
@@ -872,8 +1071,10 @@ def write_readme(
         parts += _env_summary(env_dir) + [""]
         parts += _table1_section(env_dir)
         parts += _fig12_section(env_dir)
+        parts += _incremental_section(env_dir)
         parts += _sampling_section(env_dir)
         parts += _batch_section(env_dir)
+        parts += _parallel_section(env_dir)
         parts += _approx_section(env_dir)
         parts += _faithfulness_section(env_dir)
         mine = sorted(
