@@ -407,3 +407,38 @@ def test_window_method_maps_incremental_equal_full(name, k, l, stride, methods, 
         assert incr.params["resumed_evaluations"] > 0
         assert np.abs(full.maps).max() > 1e-3, method
         np.testing.assert_allclose(incr.maps, full.maps, rtol=0, atol=1e-4, err_msg=f"{name} {method}")
+
+
+# -- the harness experiment ----------------------------------------------------------------------------
+def test_incremental_experiment_row(tmp_path, rng, monkeypatch):
+    """The benchmark cell on a tiny torch net: the row's ratios and differences follow from its parts."""
+    from pda_repro.bench import incremental as I
+    from pda_repro.bench import inputs
+    from pda_repro.methods.windows import WindowGrid
+    from tests.test_bench_experiments import TinyContext, _gaussian
+
+    text = (
+        _input((1, 2, 24, 21))
+        + conv("c1", "data", "c1", 4, 3, pad=1)
+        + _layer("r1", "ReLU", "c1", "c1")
+        + pool("p1", "c1", "p1", "MAX", 2, 2)
+        + conv("c2", "p1", "c2", 4, 3, pad=1)
+        + head("c2", 3)
+    )
+    net = TorchBackend(proto.parse_prototxt(text), batch=4, seed=5)
+    image = rng.normal(size=(2, 24, 21)).astype(np.float32)
+    monkeypatch.setattr(I, "timing_image", lambda ctx, model: (image, "noise"))
+    monkeypatch.setattr(inputs, "model_sampler", lambda ctx, model, k, outer: _gaussian(rng, k, outer, 2))
+    ctx = TinyContext(tmp_path, net, batch=160)
+    row = I.measure(ctx, "tiny", "epda", subset=20)
+    grid = WindowGrid(24, 21, I.WINDOW, I.STRIDE)
+    assert row["windows_total"] == grid.n_windows == 15 * 12 and row["windows_evaluated"] == 20
+    assert row["extrapolated"] and row["batch"] == 16 and row["full_default_batch"] == 4
+    assert row["speedup"] == pytest.approx(row["full_seconds"] / row["incremental_seconds"])
+    assert row["fraction_of_ideal"] == pytest.approx(row["speedup"] / row["ideal_ratio"])
+    rows, cols = grid.corners()
+    assert row["ideal_ratio"] == pytest.approx(cost.ideal_ratio(caffe_graph(net.model), I.WINDOW, rows, cols))
+    assert row["ideal_ratio"] > 1.0 and row["engine_ratio"] <= row["ideal_ratio"] + 1e-12
+    assert row["max_abs_dprob"] < 1e-5 and row["max_abs_dmap"] < 1e-4
+    assert 0.0 <= row["loop_overhead_fraction"] < 1.0 and row["base_state_mib"] > 0
+    assert net.inference == "auto"  # the experiment leaves the backend as it found it
