@@ -149,7 +149,7 @@ def explain(
     output: str | None = None,
     progress: bool = True,
     checkpoint: str | Path | None = None,
-    window_subset: int | None = None,
+    window_subset: int | Sequence[int] | None = None,
     *,
     train_size: int | None = None,
     callback: ProgressCallback | None = None,
@@ -186,7 +186,8 @@ def explain(
       batches or `checkpoint_seconds` seconds and resume from it when rerun with the same arguments.
     keep_checkpoint: leave the completed run's checkpoint in place (the caller removes it once
       its results are written, so an interrupt between the two never loses the run).
-    window_subset: evaluate only this many evenly spread windows (timing and extrapolation).
+    window_subset: evaluate only this many evenly spread windows, or exactly the windows of a
+      sequence of window ids (row-major; timing and extrapolation).
     inference: how the backend computes the images with a window replaced -- "full" (paste and
       re-run the whole net), "incremental" (re-compute only what the window changes; exact up to
       float rounding), "auto" (incremental where the backend has it); None: the backend's own
@@ -301,7 +302,9 @@ def explain(
         "inference": inference_used,
         "net": net.net_param.name,
         "image_shape": list(x.shape),
-        "window_subset": window_subset,
+        "window_subset": window_subset
+        if window_subset is None or isinstance(window_subset, int)
+        else f"{len(window_subset)} given window ids",
         "images_forwarded": result.images_forwarded + 1,
         "backward_passes": result.backward_passes,
         **result.params,

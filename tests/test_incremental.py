@@ -413,9 +413,9 @@ def test_window_method_maps_incremental_equal_full(name, k, l, stride, methods, 
 def test_incremental_experiment_row(tmp_path, rng, monkeypatch):
     """The benchmark cell on a tiny torch net: the row's ratios and differences follow from its parts."""
     from pda_repro.bench import incremental as I
-    from pda_repro.bench import inputs
     from pda_repro.methods.windows import WindowGrid
-    from tests.test_bench_experiments import TinyContext, _gaussian
+    from pda_repro.sampling import MarginalSampler
+    from tests.test_bench_experiments import TinyContext
 
     text = (
         _input((1, 2, 24, 21))
@@ -428,11 +428,12 @@ def test_incremental_experiment_row(tmp_path, rng, monkeypatch):
     net = TorchBackend(proto.parse_prototxt(text), batch=4, seed=5)
     image = rng.normal(size=(2, 24, 21)).astype(np.float32)
     monkeypatch.setattr(I, "timing_image", lambda ctx, model: (image, "noise"))
-    monkeypatch.setattr(inputs, "model_sampler", lambda ctx, model, k, outer: _gaussian(rng, k, outer, 2))
     ctx = TinyContext(tmp_path, net, batch=160)
-    row = I.measure(ctx, "tiny", "epda", subset=20)
+    sampler = MarginalSampler(rng.normal(size=(6, 2, 24, 21)), I.WINDOW)  # no per-case factorisations
+    monkeypatch.setattr(ctx, "sampler", lambda *args: (sampler, 0.0))
+    row = I.measure(ctx, "tiny", "epda", subset=32)
     grid = WindowGrid(24, 21, I.WINDOW, I.STRIDE)
-    assert row["windows_total"] == grid.n_windows == 15 * 12 and row["windows_evaluated"] == 20
+    assert row["windows_total"] == grid.n_windows == 15 * 12 and row["windows_evaluated"] == 32
     assert row["extrapolated"] and row["batch"] == 16 and row["full_default_batch"] == 4
     assert row["speedup"] == pytest.approx(row["full_seconds"] / row["incremental_seconds"])
     assert row["fraction_of_ideal"] == pytest.approx(row["speedup"] / row["ideal_ratio"])

@@ -37,7 +37,7 @@ class RunContext:
     callback: ProgressCallback | None = None
     checkpoint: Path | None = None
     checkpoint_options: dict = field(default_factory=dict)  # every_batches / every_seconds
-    window_subset: int | None = None
+    window_subset: Any = None  # int (evenly spread), window ids, or None (all)
     executor: Any = None  # a pda_repro.methods.windows.ChunkExecutor for window methods (None: in-process)
 
 

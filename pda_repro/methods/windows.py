@@ -30,7 +30,7 @@ import os
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -89,13 +89,21 @@ class WindowGrid:
         ids = np.asarray(ids, dtype=np.int64)
         return (ids // self.n_cols) * self.stride, (ids % self.n_cols) * self.stride
 
-    def subset(self, count: int | None) -> np.ndarray:
-        """`count` window ids spread evenly over all windows (all of them when count is None).
+    def subset(self, count: int | Sequence[int] | np.ndarray | None) -> np.ndarray:
+        """`count` window ids spread evenly over all windows (all of them when count is None), or,
+        for a sequence, exactly those window ids (distinct, in 0..n_windows-1; returned sorted).
 
         Used to time a run on a fixed fraction of the windows and extrapolate."""
         n = self.n_windows
         if count is None:
             return np.arange(n, dtype=np.int64)
+        if isinstance(count, np.ndarray | list | tuple):
+            ids = np.asarray(count)
+            if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+                raise ValueError(f"window_subset ids must be a non-empty 1-D sequence of integers, got {ids!r}")
+            if ids.min() < 0 or ids.max() >= n or np.unique(ids).size != ids.size:
+                raise ValueError(f"window_subset ids must be distinct integers in 0..{n - 1}, got {ids!r}")
+            return np.sort(ids).astype(np.int64)
         if isinstance(count, bool) or not isinstance(count, int | np.integer) or not 1 <= count <= n:
             raise ValueError(
                 f"window_subset must be an integer in 1..{n} (the number of windows), got {count!r}"
