@@ -10,11 +10,14 @@ WEIGHTS ?=
 FORCE ?=
 THREADS ?=
 EXPERIMENTS ?=
+WORKERS ?=
+CLUSTER ?=
 BENCH_ARGS = --model $(MODEL) --backend $(BACKEND) --device $(DEVICE) --batch $(BATCH) --profile $(PROFILE) \
 	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(FORCE),--force) \
-	$(if $(THREADS),--threads $(THREADS)) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS))
+	$(if $(THREADS),--threads $(THREADS)) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS)) \
+	$(if $(WORKERS),--workers $(WORKERS)) $(if $(CLUSTER),--cluster $(CLUSTER))
 
-.PHONY: setup test unit regress benchmark microbench bench-sampler bench-batch figures figures-data train-mnist convert-efficientnet prototxts lint clean help
+.PHONY: setup test unit regress benchmark microbench bench-sampler bench-batch bench-parallel figures figures-data train-mnist convert-efficientnet prototxts lint clean help
 
 help:
 	@echo "make setup | test | benchmark [MODEL= BACKEND= DEVICE= BATCH= PROFILE= WEIGHTS=] | figures | regress | train-mnist | lint"
@@ -45,12 +48,17 @@ bench-sampler: setup
 bench-batch: setup
 	$(PY) benchmarks/bench_batch.py
 
+# Ray workers vs one process, Ray start-up and memory -> results/<env>/parallel.csv (~10 min, 2 cores)
+bench-parallel: setup
+	$(PY) benchmarks/bench_parallel.py $(if $(WORKERS),--workers $(WORKERS))
+
 figures: setup
 	$(PY) -m pda_repro.cli figures
 
 # Recompute the qualitative figures' maps (about 20 min CPU); `make figures` re-renders them from results/.
 figures-data: setup
-	OMP_NUM_THREADS=1 $(PY) -m pda_repro.bench.qualitative compute
+	OMP_NUM_THREADS=1 $(PY) -m pda_repro.bench.qualitative compute $(if $(WORKERS),--workers $(WORKERS)) \
+	$(if $(CLUSTER),--cluster $(CLUSTER))
 
 train-mnist: setup
 	$(PY) -m pda_repro.train.mnist

@@ -157,7 +157,7 @@ def explain(
     checkpoint_seconds: float = 30.0,
     keep_checkpoint: bool = False,
     inference: str | None = None,
-    workers: int | str = 1,
+    workers: int | str | None = None,
     cluster: str | None = None,
     **method_options: Any,
 ) -> Explanation:
@@ -192,7 +192,8 @@ def explain(
       re-run the whole net), "incremental" (re-compute only what the window changes; exact up to
       float rounding), "auto" (incremental where the backend has it); None: the backend's own
       setting (`net.inference`, default "auto"). The mode used is params["inference"].
-    workers: window methods only -- 1: in-process; N: N single-threaded Ray actors on this machine
+    workers: window methods only (None: pda_repro.parallel.DEFAULTS, normally 1) -- 1: in-process;
+      N: N single-threaded Ray actors on this machine
       (Ray started embedded); "auto": in-process unless the run is long enough to pay for starting
       Ray, then every local core (pda_repro.parallel.AutoExecutor). The maps equal the in-process
       run's bitwise at the same batch. params["executor"] / params["workers"] say what ran.
@@ -220,6 +221,8 @@ def explain(
     batch = check_positive_int("batch", net.window_batch(inference_used) if batch is None else batch)
     from pda_repro import parallel  # noqa: PLC0415
 
+    if workers is None:
+        workers, cluster = parallel.DEFAULTS["workers"], cluster or parallel.DEFAULTS["cluster"]
     parallel.check_workers(workers), parallel.check_cluster(cluster)
     executor = None
     if cls.checkpointable:  # the window methods: their chunks can run anywhere

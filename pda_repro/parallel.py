@@ -51,7 +51,18 @@ RAY_BREAK_EVEN_S = 30.0
 PROBE_SECONDS = 1.0  # auto: in-process work timed before deciding
 CONNECT_TIMEOUT_S = 10.0  # a cluster address that does not answer TCP within this is unreachable
 MAX_CHUNK_RETRIES = 3  # a chunk whose worker died this many times stops the run
+POLL_ACTORS = 16  # progress questions per poll (round robin): the driver's polling stays bounded
 WORKER_RECOVERY_S = 120.0  # a failed worker not back (restarted, net built) within this is dropped
+
+
+# What explain(workers=None, cluster=None) uses: set by the harness (`make benchmark WORKERS= CLUSTER=`)
+# and the qualitative compute (--workers/--cluster) so that their long cells take the same path.
+DEFAULTS: dict[str, Any] = {"workers": 1, "cluster": None}
+
+
+def set_defaults(workers: object = 1, cluster: object = None) -> None:
+    """explain()'s workers/cluster when a call passes none (checked here, ValueError naming them)."""
+    DEFAULTS.update(workers=check_workers(workers), cluster=check_cluster(cluster))
 
 
 class ClusterError(ValueError):
@@ -203,6 +214,7 @@ def net_recipe(net: Backend) -> dict:
         "net_param": net.net_param.SerializeToString(),
         "device": device,
         "batch": int(net.batch),
+        "batch_given": bool(getattr(net, "batch_given", True)),  # decides the incremental split
         "weights": net.get_weights(),
         "model": getattr(spec, "name", None),
     }
@@ -218,6 +230,7 @@ def build_net(recipe: dict) -> Backend:
     net = BACKENDS[recipe["backend"]]()(
         net_param, device=recipe["device"], batch=recipe["batch"], weights=recipe["weights"]
     )
+    net.batch_given = recipe["batch_given"]
     if recipe.get("model") in zoo.names():
         net.model_spec = zoo.get(recipe["model"])
     return net
@@ -462,8 +475,12 @@ class RayExecutor(ChunkExecutor):
             raise
 
     def _poll_progress(self, ray: Any, pool: _Pool, inflight: dict, reported: dict, sink: ChunkSink) -> None:
-        busy = {w for w, _ in inflight.values()}
-        refs = [pool.actors[w].progress.remote() for w in sorted(busy)]
+        busy = sorted({w for w, _ in inflight.values()})
+        self._poll_turn = getattr(self, "_poll_turn", 0) + 1
+        if len(busy) > POLL_ACTORS:  # a different slice each time; finished chunks report anyway
+            start = (self._poll_turn * POLL_ACTORS) % len(busy)
+            busy = (busy + busy)[start : start + POLL_ACTORS]
+        refs = [pool.actors[w].progress.remote() for w in busy]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.poll_seconds)
         for ref in ready:
             try:
@@ -505,6 +522,7 @@ class AutoExecutor(ChunkExecutor):
             return
         first = states[0]
         start, started = first.done, time.perf_counter()
+        first_sums = first.sums.copy()  # a hand-off redoes the probed batches on a worker
         remaining = sum(task.chunk_evaluations(s.chunk) - s.done for s in states)
         decision: list[bool] = []  # [True]: hand the rest to Ray
 
@@ -525,6 +543,18 @@ class AutoExecutor(ChunkExecutor):
             run_chunk(net, task, first, on_batch=probe)
             sink.finished(first)
         except _HandOff:
+            # the workers redo the probed batches: every batch of the map is then computed with the
+            # workers' thread count, so the map equals a workers-only run bitwise
+            states[0] = ChunkState(
+                first.chunk,
+                start,
+                first_sums,
+                first.forward_calls,
+                first.images,
+                first.sampling,
+                first.forward,
+            )  # the probe's work stays counted (and timed)
+            sink.advance(start - first.done, states[0])
             rest = states
         if not (decision and decision[0]):
             InProcessExecutor().run(net, task, rest, sink)

@@ -246,3 +246,30 @@ def test_two_node_loopback_cluster_through_the_cli(tmp_path, mnist_png):
             np.testing.assert_array_equal(a["maps"], b["maps"])
     finally:
         cluster.shutdown()
+
+
+def test_auto_hands_long_runs_to_ray_and_keeps_short_ones_in_process(mnist, mnist_serial):
+    """auto: the first PROBE_SECONDS are timed in-process; over the break-even the whole run (the
+    probed batches redone) goes to the local cores and the map equals the serial one bitwise."""
+    net, x, gauss = mnist
+    short = parallel.AutoExecutor(break_even_s=1e9, workers=2)
+    res = explain(net, x, sampler=gauss, workers=short, **MNIST_PDA)
+    assert res.params["executor"] == "in-process" and short.estimate_s is not None
+    np.testing.assert_array_equal(res.maps, mnist_serial.maps)
+    long = parallel.AutoExecutor(break_even_s=0.0, workers=2)
+    res = explain(net, x, sampler=gauss, workers=long, **MNIST_PDA)
+    assert res.params["executor"] == "ray" and res.params["workers"] == 2
+    assert res.params["images_forwarded"] > 1 + 6250  # the probed batches were redone (and counted)
+    np.testing.assert_array_equal(res.maps, mnist_serial.maps)
+
+
+@pytest.mark.parametrize("batch", [None, 3])
+def test_a_worker_rebuilds_the_same_net(batch):
+    """What a worker builds from net_recipe computes like the driver's net: weights, batch and the
+    batch the incremental path splits by (a different split changes float rounding)."""
+    net = load_model("mnist", batch=batch)
+    copy = parallel.build_net(parallel.net_recipe(net))
+    assert windows.net_fingerprint(copy) == windows.net_fingerprint(net)
+    assert copy.batch == net.batch
+    for mode in ("full", "incremental"):
+        assert copy.window_batch(mode) == net.window_batch(mode)

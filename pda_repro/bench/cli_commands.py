@@ -94,6 +94,13 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
         help="threads per library (torch, numpy's and pycaffe's OpenBLAS); 0 = the libraries' defaults. One by "
         "default: on a shared machine multi-threaded pools oversubscribe the cores and timings stop meaning anything",
     )
+    run.add_argument(
+        "--workers",
+        default="1",
+        help="window methods' explain() runs: N Ray workers on this machine (1: in-process) or auto "
+        "(pda_repro.parallel); the maps do not change, timings of 1-process cells do",
+    )
+    run.add_argument("--cluster", default=None, help="a running Ray cluster's address for those runs")
     run.add_argument("--no-progress", action="store_true", help="no progress lines")
     run.add_argument(
         "--inner-progress", action="store_true", help="also a tqdm bar inside each explain() run"
@@ -129,8 +136,16 @@ def run_benchmark(args: argparse.Namespace) -> int:
             command=command_line(),
         )
         return code
+    from pda_repro import parallel
     from pda_repro.bench.run import RunRequest, run
 
+    try:
+        workers = args.workers if args.workers == "auto" else int(args.workers)
+        parallel.set_defaults(workers, args.cluster)
+        if args.cluster:
+            parallel.make_executor(workers, args.cluster)  # a bad address: one line, exit 2, now
+    except ValueError as exc:
+        raise CLIError(f"--workers/--cluster: {exc}") from None
     request = RunRequest(
         model=args.model,
         backend=args.backend,

@@ -1343,6 +1343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated image names: compute only these (e.g. to share the work among processes); "
         "figure JSONs are written by a later run without --subjects",
     )
+    c.add_argument(
+        "--workers", default="1", help="window methods on N Ray workers (or auto; pda_repro.parallel)"
+    )
+    c.add_argument("--cluster", default=None, help="a running Ray cluster's address for the window methods")
     c.add_argument("--no-progress", action="store_true")
     r = sub.add_parser("render", help="draw the PNGs from the saved data only")
     r.add_argument("--results-dir", default=str(RESULTS_DIR))
@@ -1355,6 +1359,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--photo-stride must be >= 1, got {args.photo_stride}")
         if args.batch is not None and args.batch < 1:
             parser.error(f"--batch must be >= 1, got {args.batch}")
+        from pda_repro import parallel
+
+        try:
+            parallel.set_defaults(args.workers if args.workers == "auto" else int(args.workers), args.cluster)
+        except ValueError as exc:
+            parser.error(f"--workers/--cluster: {exc}")
         from pda_repro.backends import default_batch
 
         batch = args.batch or (Settings.photo_batch if args.device == "cpu" else default_batch(args.device))

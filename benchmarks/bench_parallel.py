@@ -1,0 +1,353 @@
+"""Throughput of the window loop on Ray workers against one process, and what starting Ray costs.
+
+For each model (efficient PDA, window 10, outer 18, stride 1, the CPU default batch, the top class):
+the same evenly spread subset of windows, split into `--chunks` work units, is explained by
+
+    1proc_2threads   one process, torch on 2 threads, in-process executor (incremental inference)
+    1proc_1thread    the same on one thread (what each worker runs; bitwise the workers' maps)
+    ray_2workers     2 Ray actors with one thread each (Ray already started: start-up measured apart)
+    before           (--before-model only) full re-inference, one process with 2 threads: the default
+                     `pda-repro explain photo.jpg` before incremental inference and parallel runs
+
+interleaved over `--rounds` rounds so that a change of load on this shared machine hits every
+configuration alike; seconds are the median round. Ray's start-up (embedded `ray.init`, then the
+actors with their nets built), the workers' and Ray's own resident memory, the bytes a chunk sends
+back, and per-chunk compute time are measured in the same run. The maps of the configurations are
+compared (bitwise where the threads agree).
+
+    .venv/bin/python benchmarks/bench_parallel.py [--models efficientnet_lite0,vgg16] [--rounds 2]
+
+Writes results/<env>/parallel.csv (one row per model and configuration) and parallel.json (settings,
+machine, start-up, memory, bytes, load) atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pda_repro.bench.results import (  # noqa: E402
+    RESULTS_DIR,
+    atomic_write_csv,
+    atomic_write_json,
+    env_name,
+    machine_metadata,
+)
+
+DEFAULT_MODELS = ("efficientnet_lite0", "vgg16")
+# windows per model: enough for `--chunks` work units of some seconds each on this CPU, few enough
+# that the whole benchmark stays within ~15 min on a loaded 2-core machine
+WINDOWS = {"efficientnet_lite0": 128, "vgg16": 64, "alexnet": 256, "googlenet": 128, "mnist": 2048}
+FULL_WINDOWS = 46_225  # a 224×224 image, window 10, stride 1 (for the extrapolated full-image times)
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _ray_system_rss() -> int:
+    """Resident bytes of Ray's own processes (GCS, raylet, agents, monitors; not the workers)."""
+    import psutil
+
+    marks = ("gcs_server", "raylet", "dashboard", "runtime_env", "log_monitor", "monitor.py")
+    total = 0
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if any(m in cmd for m in marks) and "ray::" not in cmd:
+                total += p.memory_info().rss
+        except (psutil.Error, OSError):
+            continue
+    return total
+
+
+class _OneEvaluation:
+    evaluations_per_window = 1
+    draws_per_window = 1
+
+
+def driver_costs(rounds: int = 200) -> dict:
+    """The driver's share of one chunk, measured here: a Ray round trip of a default-size chunk
+    result (2560 windows, 1 class) and placing it + saving the checkpoint of a full image."""
+    import tempfile
+
+    from pda_repro import parallel
+    from pda_repro.methods import windows
+
+    ray = parallel.ray_session(None, 1)
+
+    @ray.remote(num_cpus=1)
+    def echo(state):
+        return state
+
+    chunk = windows.ChunkState(0, 2560, np.zeros((2560, 1)))
+    ray.get(echo.remote(chunk))  # warm-up: the worker process
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        ray.get(echo.remote(chunk))
+    round_trip = (time.perf_counter() - t0) / rounds
+    task = windows.WindowTask(
+        x=np.zeros((3, 224, 224), np.float32), window=10, rows=np.zeros(FULL_WINDOWS, np.int64),
+        cols=np.zeros(FULL_WINDOWS, np.int64), imputation=_OneEvaluation(), classes=np.zeros(1, np.int64),
+        batch=4, root_seed=0, chunk_windows=2560,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = windows.Checkpoint(Path(tmp) / "c.npz", {"format": 2})
+        run = windows._LoopRun(task, ckpt, progress=False, callback=None, description="")
+        t0 = time.perf_counter()
+        for ci in range(task.n_chunks):
+            state = windows.ChunkState(ci, task.chunk_evaluations(ci), np.zeros((task.chunk_size(ci), 1)))
+            run.advance(state.done)
+            run.finished(state)
+        place_and_save = (time.perf_counter() - t0) / task.n_chunks
+        run.bar.close()
+    parallel.shutdown()
+    return {
+        "ray_round_trip_s_per_chunk": round_trip,
+        "place_and_checkpoint_s_per_chunk": place_and_save,
+        "chunks_per_image_default": task.n_chunks,
+        "bytes_per_chunk_result_1_class": len(pickle.dumps(chunk, protocol=5)),
+    }
+
+
+def projection(meta: dict) -> dict:
+    """Expected speed-up on 8, 64, 512 workers from the measured per-chunk compute and driver costs
+    (a model, not a measurement): each worker finishes a chunk in t_c; the driver spends d per chunk
+    (round trip + place + checkpoint) and asks up to POLL_ACTORS workers for their progress twice
+    a second (one round trip each); the driver saturates at t_c / d workers. Per image at most `chunks_per_image`
+    workers are busy: beyond that the units are chunks of many images (whole images)."""
+    from pda_repro import parallel
+
+    drv = meta["driver"]
+    out = {}
+    for model, info in meta["chunks"].items():
+        t_c = info["compute_s_per_window"] * 2560  # a default chunk: 2560 windows of efficient PDA
+        rows = []
+        for w in (8, 64, 512):
+            d = drv["ray_round_trip_s_per_chunk"] + drv["place_and_checkpoint_s_per_chunk"]
+            polling = 2 * min(w, parallel.POLL_ACTORS) * drv["ray_round_trip_s_per_chunk"]  # s per s
+            driver_capacity = max(0.0, 1.0 - polling) / d  # chunks per second the driver can take
+            speedup = min(float(w), driver_capacity * t_c)
+            rows.append(
+                {
+                    "workers": w,
+                    "expected_speedup": speedup,
+                    "limited_by": "workers" if speedup >= w - 1e-9 else "driver (accumulation + polling)",
+                    "one_image_speedup": min(speedup, float(drv["chunks_per_image_default"])),
+                    "result_traffic_bytes_per_s": speedup / t_c * drv["bytes_per_chunk_result_1_class"],
+                }
+            )
+        saturation = t_c / (drv["ray_round_trip_s_per_chunk"] + drv["place_and_checkpoint_s_per_chunk"])
+        out[model] = {"chunk_compute_s": t_c, "driver_saturates_at_workers": saturation, "rows": rows}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--chunks", type=int, default=8, help="work units per run (windows split evenly)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--before-model", default="efficientnet_lite0", help="model of the 'before' timing")
+    parser.add_argument("--windows", type=int, default=None, help="windows per model (default: WINDOWS)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--projection-only",
+        action="store_true",
+        help="measure the driver's per-chunk costs and add the projection to an existing parallel.json",
+    )
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    args = parser.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    for name, value in (("--rounds", args.rounds), ("--chunks", args.chunks), ("--workers", args.workers)):
+        if value < 1:
+            parser.error(f"{name} must be >= 1, got {value}")
+
+    import torch
+
+    from pda_repro import parallel, zoo
+    from pda_repro.backends import load_backend
+    from pda_repro.bench.common import random_input
+    from pda_repro.explain import explain
+    from pda_repro.methods import windows
+    from pda_repro.sampling import PatchGaussian
+
+    unknown = [m for m in models if m not in zoo.names()]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(zoo.names())}")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    out_dir = Path(args.results_dir) / env_name("cpu")
+    if args.projection_only:
+        import json
+
+        meta = json.loads((out_dir / "parallel.json").read_text())
+        meta["driver"] = driver_costs()
+        meta["projection"] = projection(meta)
+        atomic_write_json(out_dir / "parallel.json", meta)
+        print(json.dumps(meta["projection"], indent=1))
+        return 0
+    rng = np.random.default_rng(args.seed)
+    rows, startup, memory, chunk_info = [], {}, {}, {}
+    load_start = _load()
+    for model in models:
+        net = load_backend(model, device="cpu", seed=args.seed)
+        spec = net.model_spec
+        x = random_input(net.input_shape, spec, rng)
+        fit = random_input((3, *net.input_shape), spec, rng)
+        gauss = PatchGaussian.fit(fit, 10, 18, n_patches=2000, rng=np.random.default_rng(args.seed))
+        probs, _ = net.forward(x[None])
+        top = int(np.argmax(probs[0]))
+        n_windows = args.windows or WINDOWS.get(model, 128)
+        chunk_windows = max(1, n_windows // args.chunks)
+        windows.CHUNK_DRAWS = chunk_windows  # efficient PDA draws 1 patch per window
+        base = dict(method="epda", window=10, outer=18, stride=1, sampler=gauss, classes=[top],
+                    window_subset=n_windows, progress=False)  # fmt: skip
+
+        # Ray start-up: embedded ray.init, then the actors (net built in each)
+        parallel.shutdown()
+        torch.set_num_threads(1)
+        t0 = time.perf_counter()
+        parallel.ray_session(None, args.workers)
+        t_init = time.perf_counter() - t0
+        executor = parallel.RayExecutor(workers=args.workers)
+        t1 = time.perf_counter()
+        executor._pool(net)
+        t_actors = time.perf_counter() - t1
+        startup[model] = {"ray_init_s": t_init, "actors_ready_s": t_actors, "total_s": t_init + t_actors}
+        memory[model] = {
+            "worker_rss_bytes": executor.worker_memory(),
+            "ray_system_rss_bytes": _ray_system_rss(),
+            "object_store_bytes_for_the_net": len(pickle.dumps(parallel.net_recipe(net), protocol=5)),
+        }
+
+        configs = {
+            "1proc_2threads": dict(threads=2, workers=1, inference="incremental"),
+            "1proc_1thread": dict(threads=1, workers=1, inference="incremental"),
+            "ray_2workers": dict(threads=1, workers=executor, inference="incremental"),
+        }
+        if model == args.before_model:
+            configs["before"] = dict(threads=2, workers=1, inference="full")
+        # warm-up of the in-process path (first-call dispatch, allocations)
+        explain(net, x, **{**base, "window_subset": 4})
+        seconds: dict[str, list[float]] = {c: [] for c in configs}
+        loads: dict[str, list[float]] = {c: [] for c in configs}
+        results: dict[str, object] = {}
+        for _ in range(args.rounds):
+            for name, cfg in configs.items():
+                torch.set_num_threads(cfg["threads"])
+                loads[name].append(_load())
+                t0 = time.perf_counter()
+                res = explain(net, x, workers=cfg["workers"], inference=cfg["inference"], **base)
+                seconds[name].append(time.perf_counter() - t0)
+                results[name] = res
+        ray_res = results["ray_2workers"]
+        worker_seconds = ray_res.timings["forward"] + ray_res.timings["sampling"]
+        n_chunks = -(-n_windows // chunk_windows)
+        state = windows.ChunkState(0, chunk_windows, np.zeros((chunk_windows, 1)))
+        chunk_info[model] = {
+            "chunks": n_chunks,
+            "chunk_windows": chunk_windows,
+            "compute_s_per_chunk": worker_seconds / n_chunks,
+            "compute_s_per_window": worker_seconds / n_windows,
+            "bytes_back_per_chunk_1_class": len(pickle.dumps(state, protocol=5)),
+            "bytes_back_per_window_per_class": 8,
+            # sent once per image to each worker: the image, the window corners and the sampler
+            "bytes_task_per_image": len(pickle.dumps((x, gauss), protocol=5)) + 16 * FULL_WINDOWS,
+        }
+        ref = statistics.median(seconds["1proc_2threads"])
+        one = results["1proc_1thread"]
+        for name, cfg in configs.items():
+            med = statistics.median(seconds[name])
+            res = results[name]
+            rows.append(
+                {
+                    "model": model,
+                    "config": name,
+                    "method": "epda",
+                    "k": 10,
+                    "l": 18,
+                    "S": 1,
+                    "stride": 1,
+                    "batch": res.params["batch"],
+                    "backend": res.params["backend"],
+                    "inference": res.params["inference"],
+                    "executor": res.params["executor"],
+                    "workers": res.params["workers"],
+                    "threads_per_process": cfg["threads"],
+                    "device": "cpu",
+                    "windows": n_windows,
+                    "chunk_windows": chunk_windows,
+                    "rounds": args.rounds,
+                    "seconds_median": med,
+                    "seconds_rounds": " ".join(f"{s:.2f}" for s in seconds[name]),
+                    "windows_per_s": n_windows / med,
+                    "throughput_vs_1proc_2threads": ref / med,
+                    "full_image_s_extrapolated": med / n_windows * FULL_WINDOWS
+                    + (startup[model]["total_s"] if name == "ray_2workers" else 0.0),
+                    "maps_equal_1proc_1thread": bool(np.array_equal(res.maps, one.maps)),
+                    "max_abs_map_diff_1proc_1thread": float(np.abs(res.maps - one.maps).max()),
+                    "load_1min_at_rounds": " ".join(f"{v:.2f}" for v in loads[name]),
+                    "weights": str(net.weights_source).replace(f"{REPO}/", ""),
+                }
+            )
+            print(
+                f"{model:18s} {name:15s} {med:8.2f} s ({n_windows / med:6.2f} windows/s, "
+                f"{ref / med:.2f}× 1 process/2 threads; load {loads[name]})",
+                flush=True,
+            )
+        parallel.shutdown()
+    ratios = {r["model"]: r["throughput_vs_1proc_2threads"] for r in rows if r["config"] == "ray_2workers"}
+    speedup = statistics.median(ratios.values()) if ratios else 1.0
+    by = {(r["model"], r["config"]): r["seconds_median"] for r in rows}
+    ratios_1 = [by[(m, "1proc_1thread")] / by[(m, "ray_2workers")] for m in models]
+    speedup_1 = statistics.median(ratios_1) if ratios_1 else 1.0
+    first = startup[models[0]]["total_s"] if models else 0.0
+    atomic_write_csv(out_dir / "parallel.csv", rows)
+    meta = {
+        "what": "window-loop throughput: Ray workers vs one process; Ray start-up and memory "
+        "(benchmarks/bench_parallel.py)",
+        "settings": {
+            "models": models,
+            "rounds": args.rounds,
+            "chunks": args.chunks,
+            "workers": args.workers,
+            "windows": {m: args.windows or WINDOWS.get(m, 128) for m in models},
+            "method": "epda k=10 l=18 stride 1, top class, CPU default batch",
+            "seed": args.seed,
+        },
+        "startup": startup,
+        "memory": memory,
+        "chunks": chunk_info,
+        "break_even": {
+            "median_speedup_2workers": speedup,
+            "startup_s": first,
+            "serial_seconds_where_ray_pays": first * speedup / (speedup - 1) if speedup > 1 else None,
+            "median_speedup_2workers_vs_1thread": speedup_1,
+            "serial_seconds_where_ray_pays_vs_1thread": first * speedup_1 / (speedup_1 - 1)
+            if speedup_1 > 1
+            else None,
+            "auto_threshold_s": parallel.RAY_BREAK_EVEN_S,
+        },
+        "load_1min_start": load_start,
+        "load_1min_end": _load(),
+        "machine": machine_metadata(),
+    }
+    meta["driver"] = driver_costs()
+    meta["projection"] = projection(meta)
+    atomic_write_json(out_dir / "parallel.json", meta)
+    print(f"wrote {out_dir / 'parallel.csv'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
