@@ -12,15 +12,17 @@ THREADS ?=
 EXPERIMENTS ?=
 WORKERS ?=
 CLUSTER ?=
+INFERENCE ?=
 BENCH_ARGS = --model $(MODEL) --backend $(BACKEND) --device $(DEVICE) --batch $(BATCH) --profile $(PROFILE) \
 	$(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(FORCE),--force) \
 	$(if $(THREADS),--threads $(THREADS)) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS)) \
-	$(if $(WORKERS),--workers $(WORKERS)) $(if $(CLUSTER),--cluster $(CLUSTER))
+	$(if $(WORKERS),--workers $(WORKERS)) $(if $(CLUSTER),--cluster $(CLUSTER)) \
+	$(if $(INFERENCE),--inference $(INFERENCE))
 
 .PHONY: setup test unit regress benchmark microbench bench-sampler bench-batch bench-parallel figures figures-data train-mnist convert-efficientnet prototxts lint clean help
 
 help:
-	@echo "make setup | test | benchmark [MODEL= BACKEND= DEVICE= BATCH= PROFILE= WEIGHTS=] | figures | regress | train-mnist | lint"
+	@echo "make setup | test | benchmark [MODEL= BACKEND= DEVICE= BATCH= PROFILE= WEIGHTS= INFERENCE=auto|incremental|full WORKERS= CLUSTER=] | figures | regress | train-mnist | lint"
 
 setup:
 	@bash scripts/setup.sh

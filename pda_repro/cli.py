@@ -372,7 +372,8 @@ def _configure_explain(parser: argparse.ArgumentParser) -> None:
         "--batch",
         type=_positive_int,
         default=None,
-        help="images per forward pass (default: 160 on cuda, the paper's; 4 on cpu, faster per image there)",
+        help="images per forward pass (default: 160 on cuda, the paper's; on cpu 4 with full inference, faster "
+        "per image there, and 16 windows per call with incremental inference)",
     )
     parser.add_argument(
         "--backend", choices=("torch", "caffe"), default="torch", help="backend running the net"
@@ -1475,6 +1476,8 @@ def _prepare_explain(
     except ValueError as exc:
         raise CLIError(f"--inference {args.inference}: {_error_text(exc)}") from None
     run_warnings = [w for w in (_coverage_warning(args, spec, uses),) if w]
+    if args.inference == "auto" and inference == "full" and args.backend == "torch":
+        run_warnings.append(f"incremental inference off for this net: {net.incremental_note()}")
     if missing:
         run_warnings.append(
             f"weights {str(model.weights)!r} lack layers {', '.join(missing)}: they have seeded random "

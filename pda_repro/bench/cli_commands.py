@@ -1,7 +1,7 @@
 """The benchmark subcommands of ``pda-repro`` (registered through pda_repro.cli's plugin hook):
 
 pda-repro benchmark run [--model M] [--backend B] [--device D] [--batch N] [--profile P]
-                        [--weights W] [--force] [--experiments table1,fig12,approx]
+                        [--weights W] [--force] [--experiments table1,fig12,incremental,approx]
 pda-repro benchmark regress [--update-baseline] [--tolerance 2.0]
 pda-repro figures [--results DIR]
 """
@@ -82,8 +82,9 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--force", action="store_true", help="re-measure cells already in results/")
     run.add_argument(
         "--experiments",
-        default="table1,fig12,approx",
-        help="comma list of table1, fig12, approx (Figs 9/10, 11, 16), or all; faithfulness (long) only when named",
+        default="table1,fig12,incremental,approx",
+        help="comma list of table1, fig12, incremental, approx (Figs 9/10, 11, 16), or all; faithfulness (long) "
+        "only when named",
     )
     run.add_argument("--results", default=str(RESULTS_DIR), help="results directory")
     run.add_argument("--seed", type=int, default=0, help="seed of every random draw")
@@ -101,6 +102,13 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
         "(pda_repro.parallel); the maps do not change, timings of 1-process cells do",
     )
     run.add_argument("--cluster", default=None, help="a running Ray cluster's address for those runs")
+    run.add_argument(
+        "--inference",
+        choices=("auto", "incremental", "full"),
+        default="auto",
+        help="how Figure 12's explanations compute a window's forward pass: incremental where the backend "
+        "has it (auto), or always full re-inference; the incremental experiment measures both",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress lines")
     run.add_argument(
         "--inner-progress", action="store_true", help="also a tqdm bar inside each explain() run"
@@ -160,6 +168,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         inner_progress=args.inner_progress,
         threads=args.threads or None,
+        inference=args.inference,
     )
     try:
         report = run(request, command=command_line())
