@@ -9,6 +9,7 @@ pda-repro figures [--results DIR]
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from pda_repro.bench.results import RESULTS_DIR, command_line
@@ -191,6 +192,13 @@ def run_figures(args: argparse.Namespace) -> int:
     from pda_repro.bench.figures import render_all
 
     done = render_all(args.results, readme=not args.no_readme)
+    if not args.no_readme and Path(args.results).resolve() == Path(RESULTS_DIR).resolve():
+        from pda_repro.bench.figures import update_project_readme
+        from pda_repro.bench.results import REPO_ROOT
+
+        updated = update_project_readme(REPO_ROOT / "README.md", args.results)
+        if updated is not None:
+            print(updated)
     for path in [*done.figures, *done.qualitative]:
         print(path)
     for note in done.notes:
