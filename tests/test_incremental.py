@@ -462,6 +462,6 @@ def test_project_readme_block_is_filled_from_the_data(tmp_path):
     assert update_project_readme(readme, tmp_path / "results") == readme
     text = readme.read_text()
     assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
-    assert "| vgg16 | efficient PDA | 15.8 min | 15.0 min | 1.7 min | 9.00× | 10.40× | ≥ 8× |" in text
+    assert "| vgg16 | efficient PDA | 15.8 min | 15.0 min | 1.7 min | 9.00× |  | 10.40× | ≥ 8× |" in text
     (tmp_path / "plain.md").write_text("no markers\n")
     assert update_project_readme(tmp_path / "plain.md", tmp_path / "results") is None
