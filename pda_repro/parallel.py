@@ -44,9 +44,10 @@ from pda_repro.methods.windows import (
 )
 
 # Seconds of serial work below which `auto` stays in-process. Starting embedded Ray and two actors
-# costs about 9 s on the project's 2-core CPU (benchmarks/bench_parallel.py -> parallel.csv); with
-# the measured 2-worker speed-up s the parallel run wins once T/s + 9 < T, i.e. T > 9·s/(s-1)
-# (about 20 s at s = 1.8). We round up so that borderline runs do not pay Ray's memory for nothing.
+# took 12.5 s (EfficientNet-Lite0) on the project's loaded 2-core CPU (benchmarks/bench_parallel.py ->
+# results/<env>/parallel.json); with a 2-worker speed-up s the parallel run wins once T/s + 12.5 < T,
+# i.e. T > 12.5·s/(s-1): 20 s at the s = 2.75 measured against two torch threads. Rounded up so that
+# borderline runs do not pay Ray's start-up and memory for nothing.
 RAY_BREAK_EVEN_S = 30.0
 PROBE_SECONDS = 1.0  # auto: in-process work timed before deciding
 CONNECT_TIMEOUT_S = 10.0  # a cluster address that does not answer TCP within this is unreachable
