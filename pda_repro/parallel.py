@@ -296,6 +296,17 @@ class ChunkWorker:
         state = self.state
         return None if state is None else (state.chunk, state.done)
 
+    def explain(self, recipe_ref: list, options_id: str, options_ref: list, image: np.ndarray) -> Any:
+        """One whole image, in this process (the unit of explain_many)."""
+        import ray  # noqa: PLC0415
+
+        from pda_repro.explain import explain  # noqa: PLC0415
+
+        self.setup(recipe_ref)
+        if options_id != getattr(self, "options_id", None):
+            self.options, self.options_id = ray.get(options_ref[0]), options_id
+        return explain(self.net, image, **self.options, workers=1, progress=False)
+
 
 class _Pool:
     """Actors holding one net."""
@@ -493,6 +504,85 @@ class RayExecutor(ChunkExecutor):
                 if chunk in reported and done > reported[chunk]:
                     sink.advance(done - reported[chunk])
                     reported[chunk] = done
+
+
+def _wait_until_back(ray: Any, pool: _Pool, w: int, retryable: tuple) -> bool:
+    """Wait until Ray has restarted worker w and its net is built again (False: not within
+    WORKER_RECOVERY_S)."""
+    deadline = time.monotonic() + WORKER_RECOVERY_S
+    while time.monotonic() < deadline:
+        try:
+            ray.get(pool.actors[w].setup.remote([pool.recipe_ref]), timeout=WORKER_RECOVERY_S)
+            return True
+        except retryable:
+            time.sleep(0.2)
+    return False
+
+
+def explain_many(
+    net: Backend,
+    images: list[np.ndarray],
+    *,
+    workers: int | None = None,
+    cluster: str | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> list[Any]:
+    """explain(net, image, **options) for every image, whole images as the work units: each Ray
+    worker (None: one per local core, or the cluster's CPUs/GPUs) explains images in-process on one
+    thread; the results come back in the order of `images`, each equal to a one-thread in-process
+    explain() of that image. For many images on many workers (one image has only ~19 chunks).
+    `rng` must be an int seed or None (every image gets a generator from it, as the CLI does); a
+    worker that dies has its image rerun on another."""
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    if isinstance(options.get("rng"), np.random.Generator):
+        raise ValueError("explain_many needs rng as an int seed or None (each image gets its own generator)")
+    if "checkpoint" in options or "callback" in options:
+        raise ValueError("explain_many takes no checkpoint or callback (per-image runs on the workers)")
+    executor = RayExecutor(workers=workers, cluster=cluster, device=net.device)
+    pool = executor._pool(net)
+    ray = pool.ray
+    retryable = _retryable_errors(ray)
+    options_id, options_ref = uuid.uuid4().hex, ray.put(options)
+    results: list[Any] = [None] * len(images)
+    queue, inflight, idle = deque(range(len(images))), {}, list(range(len(pool.actors)))
+    retries: dict[int, int] = {}
+    bar = tqdm(total=len(images), unit="image", disable=not progress, leave=False)
+    try:
+        while queue or inflight:
+            while queue and idle:
+                w, i = idle.pop(0), queue.popleft()
+                ref = pool.actors[w].explain.remote([pool.recipe_ref], options_id, [options_ref], images[i])
+                inflight[ref] = (w, i)
+            if not inflight:
+                raise RuntimeError("every Ray worker failed and none came back; no worker is left")
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in ready:
+                w, i = inflight.pop(ref)
+                try:
+                    results[i] = ray.get(ref)
+                except retryable as exc:
+                    retries[i] = retries.get(i, 0) + 1
+                    if retries[i] > MAX_CHUNK_RETRIES:
+                        raise RuntimeError(
+                            f"image {i}: {retries[i]} workers died explaining it ({_one_line(exc)})"
+                        ) from None
+                    queue.appendleft(i)
+                    if not _wait_until_back(ray, pool, w, retryable):
+                        continue  # gone for good: the others go on
+                except ray.exceptions.RayTaskError as exc:
+                    raise exc.as_instanceof_cause() from None
+                else:
+                    bar.update(1)
+                idle.append(w)
+    except BaseException:
+        pool.kill()
+        _POOLS.clear()
+        raise
+    finally:
+        bar.close()
+    return results
 
 
 # --------------------------------------------------------------------------------------------------

@@ -273,3 +273,20 @@ def test_a_worker_rebuilds_the_same_net(batch):
     assert copy.batch == net.batch
     for mode in ("full", "incremental"):
         assert copy.window_batch(mode) == net.window_batch(mode)
+
+
+def test_explain_many_whole_images_equal_serial(mnist):
+    """Whole images as the work units (many images on many workers): each result equals the
+    in-process explain() of that image bitwise, in the order of the images."""
+    from pda_repro.data import mnist as mnist_data
+
+    net, _, gauss = mnist
+    images, _ = mnist_data("test")
+    spec = net.model_spec
+    digits = (images[100:103, None].astype(np.float32) - np.float32(spec.mean[0])) * np.float32(spec.scale)
+    args = dict(method="pda", window=4, outer=8, samples=4, stride=2, sampler=gauss, classes=[3], rng=9)
+    many = parallel.explain_many(net, list(digits), workers=2, progress=False, **args)
+    for digit, res in zip(digits, many, strict=True):
+        np.testing.assert_array_equal(res.maps, explain(net, digit, progress=False, **args).maps)
+    with pytest.raises(ValueError, match="int seed"):
+        parallel.explain_many(net, list(digits), **{**args, "rng": np.random.default_rng(0)})
