@@ -540,10 +540,11 @@ class _LoopRun(ChunkSink):
         self.sampling = self.forward = 0.0  # this run's finished chunks
         self.started = self.last_save = time.perf_counter()
         self.batches_since_save = 0
+        # one bar on the driver, in windows (an evaluation is 1/S of a window), over all workers
         self.bar = tqdm(
-            total=task.total_evaluations,
-            initial=self.done_evaluations,
-            unit="img",
+            total=task.n_windows,
+            initial=self.done_evaluations // task.evaluations_per_window,
+            unit="window",
             desc=description,
             disable=not progress,
             leave=False,
@@ -589,7 +590,7 @@ class _LoopRun(ChunkSink):
     # -- ChunkSink ---------------------------------------------------------------------------------
     def advance(self, n: int, state: ChunkState | None = None) -> None:
         self.done_evaluations += n
-        self.bar.update(n)
+        self.bar.update(self.done_evaluations // self.task.evaluations_per_window - self.bar.n)
         if state is not None:
             self.live = state
             self.batches_since_save += 1
