@@ -901,11 +901,14 @@ def _parallel_section(env_dir: Path) -> list[str]:
         for _, r in data.iterrows()
     ]
     first = data.iloc[0]
+    sizes = data.drop_duplicates("model")
+    windows_text = " / ".join(f"{int(r['windows'])} ({r['model']})" for _, r in sizes.iterrows())
+    chunk_text = " / ".join(str(int(c)) for c in sizes["chunk_windows"])
     lines = [
         "### Parallel runs (Ray) on this CPU",
         "",
         f"Efficient PDA (k={first['k']}, l={first['l']}, stride {first['stride']}, batch {first['batch']}, top class) on "
-        f"{int(first['windows'])} evenly spread windows per model in chunks of {int(first['chunk_windows'])}, median of "
+        f"{windows_text} evenly spread windows in chunks of {chunk_text}, median of "
         f"{int(first['rounds'])} interleaved rounds (benchmarks/bench_parallel.py); 'full image' extrapolates to "
         "46,225 windows (Ray start-up added once). The machine was shared: the 1-minute load at each round is listed.",
         "",
@@ -956,8 +959,11 @@ def _parallel_section(env_dir: Path) -> list[str]:
             "**Projection, not a measurement** — from the measured per-chunk compute time (default chunks of 2,560 "
             f"windows), the driver's measured cost per chunk (Ray round trip {drv.get('ray_round_trip_s_per_chunk', 0) * 1000:.1f} ms, "
             f"placing + checkpoint {drv.get('place_and_checkpoint_s_per_chunk', 0) * 1000:.1f} ms) and its progress "
-            f"polling (2 round trips per worker per second). One image has {drv.get('chunks_per_image_default')} chunks, "
-            "so more workers than that need several images at once.",
+            "polling (2 round trips per second to each of up to 16 workers). One image has "
+            f"{drv.get('chunks_per_image_default')} chunks, so more workers than that need several images at once "
+            "(`parallel.explain_many`); each image's task (image, corners, sampler) goes once to every node "
+            f"({max((c.get('bytes_task_per_image', 0) for c in meta.get('chunks', {}).values()), default=0) / 2**20:.0f} MiB "
+            "here).",
             "",
         ]
         prow = []
@@ -967,7 +973,7 @@ def _parallel_section(env_dir: Path) -> list[str]:
                              f"{r['one_image_speedup']:.0f}×", f"{r['result_traffic_bytes_per_s'] / 1e6:.2f} MB/s"])  # fmt: skip
         lines.append(
             _md_table(
-                ["model", "workers", "expected speed-up", "limited by", "one image", "results to the driver"],
+                ["model", "workers", "many images", "limited by", "one image", "results to the driver"],
                 prow,
             )
         )
