@@ -154,14 +154,18 @@ def full_outputs(net: CaffeNet, x: np.ndarray, rows, cols, patches) -> tuple[np.
     )
 
 
-def incremental_outputs(net, x, rows, cols, patches, batch):
+def incremental_outputs(net, x, rows, cols, patches, batch, spatial_batch=None):
     engine = IncrementalEngine(caffe_graph(net))
     with torch.no_grad():
         state = engine.prepare(torch.from_numpy(x[None]))
         parts = [
             engine.forward_windows(
-                state, rows[s : s + batch], cols[s : s + batch], torch.from_numpy(patches[s : s + batch])
-            )
+                state,
+                rows[s : s + batch],
+                cols[s : s + batch],
+                torch.from_numpy(patches[s : s + batch]),
+                spatial_batch,
+            )  # fmt: skip
             for s in range(0, len(rows), batch)
         ]
     return (
@@ -182,8 +186,8 @@ def test_tiny_nets_float64_equal_full_inference(name, k, rng):
     patches = rng.normal(0, 2, (len(rows), c, k, k))
     with torch.no_grad():
         ref_p, ref_l = full_outputs(net, x, rows, cols, patches)
-    for batch in (1, 4, len(rows)):
-        got_p, got_l = incremental_outputs(net, x, rows, cols, patches, batch)
+    for batch, spatial in ((1, None), (4, None), (len(rows), None), (len(rows), 3)):
+        got_p, got_l = incremental_outputs(net, x, rows, cols, patches, batch, spatial)
         np.testing.assert_allclose(got_l, ref_l, rtol=0, atol=1e-10, err_msg=f"{name} k={k} batch={batch}")
         np.testing.assert_allclose(got_p, ref_p, rtol=0, atol=1e-10, err_msg=f"{name} k={k} batch={batch}")
     # the windows really change the output (a test that cannot fail would not notice a no-op engine)

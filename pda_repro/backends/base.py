@@ -151,13 +151,19 @@ class Backend(ABC):
 
     def window_batch(self, inference: str | None = None) -> int:
         """Windows per forward_windows call when the caller does not choose (the window loop's
-        default batch) for an inference mode: `batch` when it was given at construction; else
-        default_batch(device) for full inference and, for incremental inference on a CPU,
-        INCREMENTAL_CPU_BATCH -- its blocks are small, so the per-call overhead and the dense layers'
-        weight reads are spread over more windows (benchmarks/bench_batch.py measures both)."""
-        if getattr(self, "batch_given", True) or self.resolve_inference(inference) == "full":
+        default batch) for an inference mode: `batch` when it was given at construction, else
+        default_window_batch(mode)."""
+        if getattr(self, "batch_given", True):
             return self.batch
-        return self.batch if str(self.device).startswith("cuda") else INCREMENTAL_CPU_BATCH
+        return self.default_window_batch(inference)
+
+    def default_window_batch(self, inference: str | None = None) -> int:
+        """The default windows per call: default_batch(device) for full inference (4 on a CPU,
+        160 on a GPU); for incremental inference on a CPU at least INCREMENTAL_CPU_BATCH -- its
+        blocks are small, so the per-call overhead is spread over more windows."""
+        if self.resolve_inference(inference) == "full" or str(self.device).startswith("cuda"):
+            return default_batch(self.device)
+        return max(INCREMENTAL_CPU_BATCH, default_batch(self.device))
 
     def forward_windows(
         self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, patches: np.ndarray

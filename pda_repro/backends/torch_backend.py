@@ -27,6 +27,9 @@ from pda_repro.backends.caffemodel import match_weights
 from pda_repro.incremental.caffe_graph import caffe_graph
 from pda_repro.incremental.engine import BaseState, IncrementalEngine
 
+DENSE_TAIL_BYTES = 32 * 2**20  # dense-tail weights above which incremental calls take more windows
+DENSE_TAIL_WINDOWS = 64
+
 
 class CaffeLayer(nn.Module):
     """One Caffe layer: `blobs` are its learnable blobs in Caffe's layout; each subclass's
@@ -350,6 +353,7 @@ class TorchBackend(Backend):
     """A Caffe deploy net run by PyTorch (see the module docstring for blob naming)."""
 
     name = "torch"
+    spatial_batch = 16  # windows per block computation of the incremental engine (its dense tail takes all)
 
     def __init__(
         self,
@@ -398,6 +402,21 @@ class TorchBackend(Backend):
             self._engine = None if self._engine_note else IncrementalEngine(graph)
         return self._engine
 
+    def default_window_batch(self, inference: str | None = None) -> int:
+        """As Backend's; on a CPU, nets whose dense tail holds more than DENSE_TAIL_BYTES of weights
+        (AlexNet's and VGG-16's fully connected layers) take DENSE_TAIL_WINDOWS windows per call: the
+        tail runs once per call on all of them, so its weights are read once per DENSE_TAIL_WINDOWS
+        windows, while the blocks are still computed `spatial_batch` windows at a time."""
+        batch = super().default_window_batch(inference)
+        if self.resolve_inference(inference) == "full" or str(self.device).startswith("cuda"):
+            return batch
+        engine = self._incremental_engine()
+        tail = engine.graph.nodes[engine.switch :]
+        weights = sum(
+            p.numel() * p.element_size() for n in tail for p in self.model.by_name[n.name].parameters()
+        )
+        return max(batch, DENSE_TAIL_WINDOWS) if weights > DENSE_TAIL_BYTES else batch
+
     def incremental_note(self) -> str | None:
         self._incremental_engine()
         return self._engine_note
@@ -422,7 +441,7 @@ class TorchBackend(Backend):
             for start in range(0, rows.size, step):
                 sel = slice(start, start + step)
                 chunk = torch.from_numpy(patches[sel]).to(self.device)
-                out = engine.forward_windows(state, rows[sel], cols[sel], chunk)
+                out = engine.forward_windows(state, rows[sel], cols[sel], chunk, self.spatial_batch)
                 probs.append(out["prob"].reshape(chunk.shape[0], -1).cpu().numpy())
                 logits.append(out["logits"].reshape(chunk.shape[0], -1).cpu().numpy())
         return np.concatenate(probs), np.concatenate(logits)

@@ -3,8 +3,9 @@
 Setting: torch backend, k=10, l=18, S=10 (PDA), stride 1, the predicted class of the Figure 12
 image. Per (model, method) cell the same windows are explained four times in the order full,
 incremental, incremental, full (so a load drift on a shared machine hits both modes alike), at the
-same batch -- `batch` windows per forward_windows call, INCREMENTAL_CPU_BATCH on a CPU (the
-window batch the tool uses for incremental runs), the harness batch on a GPU -- and once more in
+same batch -- `batch` windows per forward_windows call: on a CPU the window batch the tool uses for
+incremental runs of that net (`default_window_batch("incremental")`: 16, or 64 where the dense tail's
+weights are large), the harness batch on a GPU -- and once more in
 full at the CPU default batch (what the tool used before incremental inference). Quick profile:
 QUICK_WINDOWS windows in runs of RUN consecutive windows spread over the image (a stride-1 run
 hands the engine consecutive windows, whose blocks align; isolated windows would cost more), times
@@ -99,7 +100,7 @@ def _explain(net, image, method, sampler, cls, subset, batch, inference, ctx, mo
 
 def measure(ctx: BenchContext, model: str, method: str, subset: int | None) -> dict[str, Any]:
     """One row: the explanation of the model's timing image in both modes (see the module docstring)."""
-    from pda_repro.backends.base import INCREMENTAL_CPU_BATCH, default_batch
+    from pda_repro.backends.base import default_batch
     from pda_repro.incremental import cost
     from pda_repro.methods.windows import WindowGrid
 
@@ -113,7 +114,7 @@ def measure(ctx: BenchContext, model: str, method: str, subset: int | None) -> d
         subset = None if subset >= grid.n_windows else runs_of_windows(grid, subset, RUN[method])
     sampler, _ = ctx.sampler(model, WINDOW, OUTER, (h, w))
     cls = int(np.argmax(net.forward(image[None])[0][0]))
-    batch = ctx.batch if ctx.device == "cuda" else INCREMENTAL_CPU_BATCH
+    batch = ctx.batch if ctx.device == "cuda" else net.default_window_batch("incremental")
     full_batch = default_batch(ctx.device)
     train_size = int(ctx.spec(model).train_size)
     run = {"full": [], "incremental": []}

@@ -61,6 +61,11 @@ class IncrementalEngine:
             raise ValueError(f"input {graph.input!r} is not an N×C×H×W image")
         self.graph = graph
         self.last_read = graph.last_reads()
+        # the first dense node: from there on the net runs in full; tail_reads = what it reads
+        self.switch = next((i for i, n in enumerate(graph.nodes) if n.kind == "dense"), len(graph.nodes))
+        made_before = {graph.input} | {v for n in graph.nodes[: self.switch] for v in n.outputs}
+        read_after = {v for n in graph.nodes[self.switch :] for v in n.inputs} | set(graph.outputs.values())
+        self.tail_reads = sorted(made_before & read_after)
 
     # -- the unmodified image ----------------------------------------------------------------------
     def prepare(self, x: torch.Tensor) -> BaseState:
@@ -79,19 +84,49 @@ class IncrementalEngine:
 
     # -- N modified images ---------------------------------------------------------------------------
     def forward_windows(
-        self, state: BaseState, rows: np.ndarray, cols: np.ndarray, patches: torch.Tensor
+        self,
+        state: BaseState,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        patches: torch.Tensor,
+        spatial_batch: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Outputs (by role: "prob", "logits") of the N images whose k×k window at (rows[i], cols[i])
-        is patches[i] (N×C×k×k, the dtype and device of the stored activations)."""
+        is patches[i] (N×C×k×k, the dtype and device of the stored activations).
+
+        spatial_batch: windows per block computation up to the first dense node (None: all N); the
+        dense rest of the net then runs once on all N -- big batches spread its weight reads, small
+        ones keep the common block size of the spatial part small."""
         n = patches.shape[0]
-        live: dict[str, Block | torch.Tensor] = {self.graph.input: Block(patches, rows, cols)}
-        for i, node in enumerate(self.graph.nodes):
+        step = n if spatial_batch is None else max(1, int(spatial_batch))
+        parts = [
+            self._spatial(state, rows[s : s + step], cols[s : s + step], patches[s : s + step])
+            for s in range(0, n, step)
+        ]
+        live: dict[str, torch.Tensor | None] = {
+            v: parts[0][v] if len(parts) == 1 else torch.cat([p[v] for p in parts]) for v in parts[0]
+        }
+        for i in range(self.switch, len(self.graph.nodes)):
+            node = self.graph.nodes[i]
+            outs = node.full(*(live[v] for v in node.inputs))
+            live.update(zip(node.outputs, outs, strict=True))
+            for v in node.inputs:
+                if self.last_read[v] == i:
+                    live.pop(v, None)
+        return {role: live[v] for role, v in self.graph.outputs.items()}
+
+    def _spatial(
+        self, state: BaseState, rows: np.ndarray, cols: np.ndarray, patches: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Run the nodes before the first dense one on blocks; return every value the rest reads, as
+        full tensors (the blocks pasted into copies of the stored activations)."""
+        n = patches.shape[0]
+        live: dict[str, Block | None] = {self.graph.input: Block(patches, rows, cols)}
+        for i in range(self.switch):
+            node = self.graph.nodes[i]
             ins = [live.get(v) for v in node.inputs]
             if all(b is None for b in ins):
                 outs = None  # the node does not see the windows
-            elif node.kind == "dense" or any(isinstance(b, torch.Tensor) for b in ins):
-                full = [self._materialise(state, v, b, n) for v, b in zip(node.inputs, ins, strict=True)]
-                outs = list(node.full(*full))
             elif node.kind == "local":
                 outs = [self._local(state, node, ins[0])]
             elif node.kind == "pointwise":
@@ -104,7 +139,7 @@ class IncrementalEngine:
             for v in node.inputs:
                 if self.last_read[v] == i:
                     live.pop(v, None)
-        return {role: self._materialise(state, v, live.get(v), n) for role, v in self.graph.outputs.items()}
+        return {v: self._materialise(state, v, live.get(v), n) for v in self.tail_reads}
 
     # -- node rules ------------------------------------------------------------------------------
     def _local(self, state: BaseState, node: Node, block: Block) -> Block:
@@ -181,7 +216,11 @@ def _grid(rows0: np.ndarray, cols0: np.ndarray, h: int, w: int, device) -> tuple
 
 
 def _overlay(
-    src: torch.Tensor, starts: list[np.ndarray], size: list[int], block: Block | None, corner: list[np.ndarray]
+    src: torch.Tensor,
+    starts: list[np.ndarray],
+    size: list[int],
+    block: Block | None,
+    corner: list[np.ndarray],
 ) -> torch.Tensor:
     """N blocks of size `size` cut from the stored C×H'×W' map `src` at `starts` (in src's
     coordinates), with the changed `block` laid over them; `corner` is the same blocks' top-left in
