@@ -459,13 +459,13 @@ def test_project_readme_block_is_filled_from_the_data(tmp_path):
     row = dict(model="vgg16", method="epda", profile="quick", batch=16, samples=1, device="cpu", window=10,
                outer=18, stride=1, full_default_batch=4, full_seconds=900.0, incremental_seconds=100.0,
                full_default_batch_seconds=950.0, speedup=9.0, ideal_ratio=10.4, target_speedup=8.0,
-               extrapolated=True, windows_evaluated=64)  # fmt: skip
+               extrapolated=True, windows_evaluated=64, base_state_mib=170.0)  # fmt: skip
     pd.DataFrame([row]).to_csv(env / "incremental.csv", index=False)
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_BLOCK[0]}\nold table\n{README_BLOCK[1]}\noutro\n")
     assert update_project_readme(readme, tmp_path / "results") == readme
     text = readme.read_text()
     assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
-    assert "| vgg16 | efficient PDA | 15.8 min | 15.0 min | 1.7 min | 9.00× |  | 10.40× | ≥ 8× |" in text
+    assert "| vgg16 | efficient PDA | 15.8 min | 15.0 min | 1.7 min | 9.00× |  | 10.40× | ≥ 8× | 170 MiB |" in text
     (tmp_path / "plain.md").write_text("no markers\n")
     assert update_project_readme(tmp_path / "plain.md", tmp_path / "results") is None

@@ -786,6 +786,7 @@ def update_project_readme(readme: Path, results_dir: str | Path = RESULTS_DIR) -
                         _estimate(r),
                         f"{r['ideal_ratio']:.2f}×",
                         "" if pd.isna(r.get("target_speedup")) else f"≥ {r['target_speedup']:g}×",
+                        f"{r['base_state_mib']:.0f} MiB",
                         f"{env}, {r['device']}, k={r['window']}, l={r['outer']}, stride {r['stride']}, batch "
                         f"{int(r['batch'])} (full at default: {int(r['full_default_batch'])}), 1 thread"
                         + (
@@ -806,6 +807,7 @@ def update_project_readme(readme: Path, results_dir: str | Path = RESULTS_DIR) -
             "whole-run estimate",
             "ideal",
             "target",
+            "stored",
             "setting",
         ],
         rows,
