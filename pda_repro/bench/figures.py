@@ -1201,6 +1201,8 @@ RANKED_METRICS = (
 )
 AGREEMENT_METRICS = {"spearman": "Spearman ρ", "ssim": "SSIM", "top_overlap": "top-10 % overlap"}
 CONTROL_MAPS = ("random", "constant")
+MIN_IMAGES_FOR_A_VERDICT = 3  # the README says "differs" only with intervals over at least this many images
+STRIDE_RHO = 0.9  # a coarser stride "keeps" the stride-1 map when their mean Spearman ρ is at least this
 
 
 def _map_label(row: Any) -> str:
@@ -1247,6 +1249,8 @@ def _ci_text(row: Any, col: str, digits: int = 3) -> str:
     m, lo, hi = row.get(f"{col}_mean"), row.get(f"{col}_low"), row.get(f"{col}_high")
     if m is None or pd.isna(m):
         return "n/a"
+    if row.get(f"{col}_n") == 1:  # one image: no interval
+        return f"{m:.{digits}f} (1 image)"
     return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
@@ -1365,6 +1369,8 @@ def _faithfulness_section(env_dir: Path) -> list[str]:
         "imputation of 10–90 % of the pixels. Faithfulness correlation: 10 % of the blocks, mean fill. Every value",
         "is the mean over images with a percentile-bootstrap 95 % interval. `mean rank` averages the map's rank",
         "over deletion (mean fill), insertion (mean fill), ROAD MoRF, ROAD LeRF and the correlation (1 = best).",
+        "Maps are ranked by their signed value (positive = evidence for the class), so LeRF removes the evidence",
+        "*against* the class first; the PDA-family maps are signed, saliency and Grad-CAM are not.",
         "",
     ]
     meta = {**_meta(env_dir, "agreement").get("cells", {})}
@@ -1443,13 +1449,13 @@ def _faithfulness_section(env_dir: Path) -> list[str]:
 
         r = summarise(rand.assign(changed_share=rand["changed"].astype(float)), ["model", "map", "level"],
                       ["spearman", "ssim", "changed_share"])  # fmt: skip
-        rows = [[x["model"], x["map"], x["level"], int(x["spearman_n"]), _ci_text(x, "spearman"), _ci_text(x, "ssim"),
+        rows = [[x["model"], x["map"], x["level"], int(max(x["spearman_n"], x["ssim_n"])), _ci_text(x, "spearman"), _ci_text(x, "ssim"),
                  f"{x['changed_share_mean']:.2f}"] for _, x in r.iterrows()]  # fmt: skip
         thr = rand["threshold"].iloc[0]
         lines += ["#### Model-randomisation sanity check", "",
                   f"top1 = the output layer re-drawn from the prototxt's seeded fillers, all = every learnable layer; "
                   f"`changed` = share of images whose map has |Spearman| < {thr:g} with the trained-model map "
-                  "(a map that ignores the weights stays at 1).", "",
+                  "(a map that ignores the weights keeps ρ ≈ 1 and changed = 0, as the random and constant controls do).", "",
                   _md_table(["model", "map", "randomised", "images", "Spearman ρ", "SSIM", "changed"], rows), ""]  # fmt: skip
     return lines
 
@@ -1468,16 +1474,17 @@ def _agreement_claims(summary: pd.DataFrame) -> list[str]:
     # PDA vs efficient PDA from the same PDA map as the comparison it is set against (same stride)
     epda = get("pda_vs_epda", None if floor is None else floor["map_a"])
     if floor is not None and epda is not None:
-        below = epda["spearman_high"] < floor["spearman_low"]
+        n = int(min(floor["spearman_n"], epda["spearman_n"]))
+        if n < MIN_IMAGES_FOR_A_VERDICT:
+            verdict = f"on {n} image(s) only, so no verdict; the gap in ρ is {floor['spearman_mean'] - epda['spearman_mean']:.2f}."
+        elif epda["spearman_high"] < floor["spearman_low"]:
+            verdict = "differs from PDA by MORE than PDA differs from itself (intervals do not overlap)."
+        else:
+            verdict = "is not distinguishable from PDA's own seed-to-seed variation at this scale."
         out.append(
             f"- Paper (Figs 14/16): PDA and efficient PDA differ, PDA being the noisier. Measured: PDA vs PDA with "
             f"another seed ρ = {_ci_text(floor, 'spearman')} (the sampling-noise floor), PDA vs efficient PDA "
-            f"ρ = {_ci_text(epda, 'spearman')} ({epda['map_a']} ~ {epda['map_b']}): efficient PDA "
-            + (
-                "differs from PDA by MORE than PDA differs from itself (intervals do not overlap)."
-                if below
-                else "is not distinguishable from PDA's own seed-to-seed variation at this scale."
-            )  # fmt: skip
+            f"ρ = {_ci_text(epda, 'spearman')} ({epda['map_a']} ~ {epda['map_b']}): efficient PDA " + verdict
         )
     epda = None if sampled is None else get("pda_vs_epda", sampled["map_a"])
     if sampled is not None and epda is not None:
@@ -1494,11 +1501,21 @@ def _agreement_claims(summary: pd.DataFrame) -> list[str]:
                    f"ρ = {_ci_text(simp, 'spearman')}, SSIM {_ci_text(simp, 'ssim')}.")  # fmt: skip
     strides = summary[summary["comparison"].str.startswith("epda_stride1_vs_")]
     if not strides.empty:
-        parts = [
-            f"{r['comparison'].rsplit('_', 1)[-1]}: ρ = {_ci_text(r, 'spearman')}"
-            for _, r in strides.iterrows()
-        ]
-        out.append("- Stride (efficient PDA, vs stride 1): " + "; ".join(parts) + ".")
+        parts, keeps = [], []
+        for _, r in strides.iterrows():
+            stride = int(r["comparison"].rsplit("stride", 1)[-1])
+            parts.append(f"stride {stride}: ρ = {_ci_text(r, 'spearman')}")
+            if r["spearman_mean"] >= STRIDE_RHO:
+                keeps.append(stride)
+        out.append(
+            "- Stride (efficient PDA, vs stride 1): "
+            + "; ".join(parts)
+            + f". Largest measured stride with mean ρ ≥ "
+            f"{STRIDE_RHO:g}: "
+            + (str(max(keeps)) if keeps else "none")
+            + f" ({'' if keeps else 'no '}cheaper map that"
+            " keeps the stride-1 ranking)."
+        )
     border = get("border_clip_vs_shift")
     if border is not None:
         out.append(f"- Border rule (conditional sampler, clip vs the original code's shift): ρ = "
