@@ -84,7 +84,9 @@ def test_results_do_not_depend_on_the_batch_split(backend, rng):
 @pytest.mark.parametrize("backend", BACKEND_NAMES)
 def test_default_batch_is_the_papers_on_gpu_and_small_on_cpu(backend, rng):
     """No batch given: 4 images per framework call on a CPU (see benchmarks/bench_batch.py), the
-    paper's 160 on a GPU; explain(batch=None) follows the backend's batch."""
+    paper's 160 on a GPU; explain(batch=None) takes the backend's window batch for the inference
+    mode: that batch for full inference, 16 windows for incremental inference on a CPU (64 where the
+    dense tail's weights are large); a batch given at construction is used as it is."""
     from pda_repro.backends import CPU_BATCH, PAPER_BATCH, default_batch
     from pda_repro.explain import explain, load_model
 
@@ -96,8 +98,13 @@ def test_default_batch_is_the_papers_on_gpu_and_small_on_cpu(backend, rng):
     if backend == "torch":
         net = load_model("mnist", weights="random")
         x = _inputs(rng, "mnist", 1)[0]
-        res = explain(net, x, "occlusion", window=4, stride=4, progress=False)
+        res = explain(net, x, "occlusion", window=4, stride=4, progress=False, inference="full")
         assert net.batch == 4 and res.params["batch"] == 4
+        res = explain(net, x, "occlusion", window=4, stride=4, progress=False)
+        assert res.params["inference"] == "incremental" and res.params["batch"] == 16
+        assert load_model("alexnet", weights="random").window_batch("incremental") == 64
+        given = load_model("mnist", weights="random", batch=7)
+        assert given.window_batch("incremental") == given.window_batch("full") == 7
         with pytest.raises(ValueError, match="batch"):
             explain(net, x, "occlusion", window=4, stride=4, batch=0, progress=False)
 
