@@ -7,7 +7,13 @@ A small fixed configuration (``CONFIG``) measures RATIOS within one run, on one 
 * ``vectorised_over_reference_sampler``: per-window time of the vectorised conditional sampler (its
   per-clipping-case factors precomputed, as in a full-image run) / the per-window NumPy reference sampler
   of tests/reference/sampling_ref.py (the paper's way), 3×224×224, k=10, l=18, S=10;
-* ``torch_over_caffe_forward/<model>``: median forward time of one batch, torch backend / caffe backend.
+* ``torch_over_caffe_forward/<model>``: median forward time of one batch, torch backend / caffe backend;
+* ``incremental_over_full/<model>``: efficient PDA's time per window with incremental inference / with
+  full re-inference, torch backend, the same windows at the same batch, interleaved (ideally ≈ 1/the
+  net's incremental speed-up; it grows when the engine loses its advantage).
+
+The efficient/PDA and torch/caffe ratios run with full re-inference (inference="full"), as they did
+before incremental inference existed.
 
 and compares each with the ratio stored for the same configuration in results/<env>/regress_baseline.json
 (this env's file first, else any env's with the same configuration hash). A ratio fails when it is worse
@@ -45,7 +51,12 @@ DEFAULT_TOLERANCE = 2.0
 # efficient/PDA is structural (≈ 1/S, the same backend on both sides): observed within ±5 % over five runs
 # here, so 1.5× already means efficient PDA lost a third of its advantage. The sampler and torch/caffe
 # ratios depend on the BLAS/CPU pairing of the machine that runs CI: 2×.
-TOLERANCES = {"epda_over_pda": 1.5, "vectorised_over_reference_sampler": 2.0, "torch_over_caffe_forward": 2.0}
+TOLERANCES = {
+    "epda_over_pda": 1.5,
+    "vectorised_over_reference_sampler": 2.0,
+    "torch_over_caffe_forward": 2.0,
+    "incremental_over_full": 2.0,
+}
 
 
 def tolerance_for(name: str, override: float | None = None) -> float:
@@ -56,7 +67,7 @@ def tolerance_for(name: str, override: float | None = None) -> float:
 
 
 CONFIG: dict[str, Any] = {
-    "version": 1,
+    "version": 2,
     "models": ["mnist", "alexnet"],
     "backends": ["caffe", "torch"],
     "batch": 160,
@@ -75,6 +86,7 @@ CONFIG: dict[str, Any] = {
         "reference_windows": 24,
         "vectorised_windows": 2048,
     },
+    "incremental": {"model": "alexnet", "windows": 64, "batch": 16},  # efficient PDA, torch
     "repeats": 3,
     "threads": 1,  # per library: ratios on a shared 2-core machine are only stable single-threaded
 }
@@ -311,6 +323,7 @@ def measure(
                         progress=False,
                         window_subset=n,
                         train_size=train_size,
+                        inference="full",
                     )
                     times[method].append(res.seconds / res.windows_evaluated)
                 t0 = time.perf_counter()
@@ -326,6 +339,10 @@ def measure(
                 "forward_s_per_batch": float(np.median(fwd)) / config["forward_batches"][model],
             }
             say(f"  {model}/{backend}: efficient/PDA per window = {ratio:.4g}")
+            if backend == "torch" and model == config["incremental"]["model"]:
+                ratio = _incremental_ratio(net, image, sampler, cls, train_size, config, seed)
+                out.ratios[f"incremental_over_full/{model}"] = ratio
+                say(f"  {model}/torch: incremental/full per window = {ratio:.4g}")
             del net
         if {"torch", "caffe"} <= set(forward_times):
             ratio = _median_ratio(forward_times["torch"], forward_times["caffe"])
@@ -333,6 +350,25 @@ def measure(
             say(f"  {model}: torch/caffe forward = {ratio:.4g}")
     out.seconds = time.perf_counter() - started
     return out
+
+
+def _incremental_ratio(
+    net, image, sampler, cls: int, train_size: int, config: Mapping[str, Any], seed: int
+) -> float:
+    """Efficient PDA per window, incremental / full inference, same windows and batch, ABBA order."""
+    from pda_repro.explain import explain
+
+    inc = config["incremental"]
+    times: dict[str, list[float]] = {"full": [], "incremental": []}
+    for rep in range(config["repeats"]):
+        for inference in ("full", "incremental") if rep % 2 == 0 else ("incremental", "full"):
+            res = explain(
+                net, image, method="epda", window=config["window"], outer=config["outer"], batch=inc["batch"],
+                sampler=sampler, classes=[cls], rng=np.random.default_rng(seed), progress=False,
+                window_subset=inc["windows"], train_size=train_size, inference=inference,
+            )  # fmt: skip
+            times[inference].append(res.seconds / res.windows_evaluated)
+    return _median_ratio(times["incremental"], times["full"])
 
 
 def run_regress(
