@@ -284,9 +284,9 @@ def plot_fig12(frame: pd.DataFrame, env: str, out: Path, machine: str, log: bool
             sub = frame[(frame["model"] == model) & (frame["backend"] == backend)].set_index("method")
             if {"pda", "epda"} <= set(sub.index):
                 parts.append(
-                    f"{backend} {sub.loc['pda', 'total_seconds'] / sub.loc['epda', 'total_seconds']:.1f}x"
+                    f"{backend}: {sub.loc['pda', 'total_seconds'] / sub.loc['epda', 'total_seconds']:.1f}x"
                 )
-        ticks.append(model + ("\nspeed-up " + ", ".join(parts) if parts else ""))
+        ticks.append(model + "".join(f"\n{part}" for part in parts))  # one line per backend
     ax.set_xticks(x, ticks, fontsize=8)
     if log:
         ax.set_yscale("log")
@@ -318,7 +318,7 @@ def plot_fig12(frame: pd.DataFrame, env: str, out: Path, machine: str, log: bool
         ax.set_ylim(float(frame["total_seconds"].min()) / 3, top * 4)
     else:
         ax.set_ylim(0, top * 1.2)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1 - 0.05 * len(backends)), ncol=3)
     return _save(fig, out / f"fig12_{env}{'_log' if log else ''}.png")
 
 
@@ -786,7 +786,7 @@ def update_project_readme(readme: Path, results_dir: str | Path = RESULTS_DIR) -
                         _estimate(r),
                         f"{r['ideal_ratio']:.2f}×",
                         "" if pd.isna(r.get("target_speedup")) else f"≥ {r['target_speedup']:g}×",
-                        f"{r['base_state_mib']:.0f} MiB",
+                        f"{r['base_state_mib']:.{0 if r['base_state_mib'] >= 10 else 1}f} MiB",
                         f"{env}, {r['device']}, k={r['window']}, l={r['outer']}, stride {r['stride']}, batch "
                         f"{int(r['batch'])} (full at default: {int(r['full_default_batch'])}), 1 thread"
                         + (
