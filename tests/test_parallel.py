@@ -117,6 +117,8 @@ def test_a_killed_worker_is_replaced_and_the_map_is_identical(mnist, mnist_seria
 
     res = explain(net, x, sampler=gauss, workers=executor, callback=kill_one, **MNIST_PDA)
     assert killed and executor.retried >= 1
+    for pid in executor.worker_pids():  # the workers run at the driver's niceness (Ray's own: 15)
+        assert psutil.Process(pid).nice() == os.getpriority(os.PRIO_PROCESS, 0)
     assert killed[0] not in executor.worker_pids()  # Ray restarted the actor in a new process
     np.testing.assert_array_equal(res.maps, mnist_serial.maps)
 
