@@ -895,10 +895,6 @@ def _build_sampler(args: argparse.Namespace, spec: Any) -> tuple[Any, dict]:
 
 
 def _check_run_settings(args: argparse.Namespace, spec: Any, uses: frozenset[str], method: str) -> None:
-    if args.batch is None:  # resolved here: the batch is part of the run's recorded settings
-        from pda_repro.backends.base import default_batch
-
-        args.batch = default_batch(args.device)
     _, h, w = (int(v) for v in spec.input_shape)
     if "window" in uses and args.window >= min(h, w):
         raise CLIError(
@@ -1475,6 +1471,10 @@ def _prepare_explain(
         inference = net.resolve_inference(args.inference)
     except ValueError as exc:
         raise CLIError(f"--inference {args.inference}: {_error_text(exc)}") from None
+    if (
+        args.batch is None
+    ):  # resolved here, for the inference mode: the batch is part of the recorded settings
+        args.batch = net.window_batch(inference)
     run_warnings = [w for w in (_coverage_warning(args, spec, uses),) if w]
     if args.inference == "auto" and inference == "full" and args.backend == "torch":
         run_warnings.append(f"incremental inference off for this net: {net.incremental_note()}")

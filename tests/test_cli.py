@@ -151,7 +151,8 @@ def test_default_model_on_a_bundled_photo(work):
     summary = check_outputs(out, "chelsea", (1, 224, 224), top1, "epda")
     assert summary["model"] == "efficientnet_lite0" and summary["sampler"]["images"].startswith("photos:")
     assert summary["windows_evaluated"] == 9  # rows/cols 0, 96, 192
-    assert summary["settings"]["batch"] == 4  # no --batch on cpu: default_batch("cpu"), recorded
+    assert summary["settings"]["batch"] == 16  # no --batch on cpu: the incremental window batch, recorded
+    assert summary["settings"]["inference"] == "incremental"
     (fitted,) = list(cache.iterdir())
     stamp = fitted.stat().st_mtime_ns
 
@@ -293,7 +294,7 @@ def test_help_models_version():
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
     for default in ("(default: epda)", "(default: efficientnet_lite0)", "(default: 10)", "(default: 18)",
-                    "(default: 160 on cuda, the paper's; 4 on cpu", "(default: conditional)", "(default: pda-out)", "(default: torch)"):  # fmt: skip
+                    "(default: 160 on cuda, the paper's; on cpu 4 with full inference", "(default: conditional)", "(default: pda-out)", "(default: torch)"):  # fmt: skip
         assert default in text, default
     for name in METHODS:
         assert name in text

@@ -466,6 +466,28 @@ def test_project_readme_block_is_filled_from_the_data(tmp_path):
     assert update_project_readme(readme, tmp_path / "results") == readme
     text = readme.read_text()
     assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
-    assert "| vgg16 | efficient PDA | 15.8 min | 15.0 min | 1.7 min | 9.00× |  | 10.40× | ≥ 8× | 170 MiB |" in text
+    assert (
+        "| vgg16 | efficient PDA | 15.8 min | 15.0 min | 1.7 min | 9.00× |  | 10.40× | ≥ 8× | 170 MiB |"
+        in text
+    )
     (tmp_path / "plain.md").write_text("no markers\n")
     assert update_project_readme(tmp_path / "plain.md", tmp_path / "results") is None
+
+
+def test_kept_checkpoint_holds_the_finished_run(tmp_path, rng):
+    """explain(keep_checkpoint=True) leaves a checkpoint with every chunk: a rerun (e.g. after a kill
+    between the last window and the caller's write) recomputes nothing and gives the same map."""
+    from pda_repro.explain import explain
+
+    text = _input((1, 1, 12, 12)) + conv("c1", "data", "c1", 2, 3, pad=1) + head("c1", 3)
+    net = TorchBackend(proto.parse_prototxt(text), batch=4, seed=2)
+    x = rng.normal(size=(1, 12, 12)).astype(np.float32)
+    ckpt = tmp_path / "run.ckpt.npz"
+    args = dict(method="occlusion", window=3, stride=1, classes=[0, 1], progress=False, train_size=100)
+    first = explain(net, x, checkpoint=ckpt, keep_checkpoint=True, **args)
+    assert ckpt.exists()
+    again = explain(net, x, checkpoint=ckpt, **args)
+    assert again.params["resumed_evaluations"] == first.windows_evaluated == 100
+    assert again.forward_passes == 1  # only the image itself
+    np.testing.assert_array_equal(again.maps, first.maps)
+    assert not ckpt.exists()

@@ -100,7 +100,9 @@ class WindowGrid:
         if isinstance(count, np.ndarray | list | tuple):
             ids = np.asarray(count)
             if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-                raise ValueError(f"window_subset ids must be a non-empty 1-D sequence of integers, got {ids!r}")
+                raise ValueError(
+                    f"window_subset ids must be a non-empty 1-D sequence of integers, got {ids!r}"
+                )
             if ids.min() < 0 or ids.max() >= n or np.unique(ids).size != ids.size:
                 raise ValueError(f"window_subset ids must be distinct integers in 0..{n - 1}, got {ids!r}")
             return np.sort(ids).astype(np.int64)
@@ -616,8 +618,10 @@ class _LoopRun(ChunkSink):
         self.images += state.images
         self.sampling += state.sampling
         self.forward += state.forward
-        if self.checkpoint is not None and len(self.finished_sums) < self.task.n_chunks:
-            self.save()
+        if self.checkpoint is not None and (
+            len(self.finished_sums) < self.task.n_chunks or not self.checkpoint.remove_when_done
+        ):  # the last chunk too when the caller removes the file: then a kill before its results
+            self.save()  # are written loses nothing
 
     # -- checkpoint --------------------------------------------------------------------------------
     def timings(self) -> dict:
