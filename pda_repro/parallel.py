@@ -113,7 +113,7 @@ class InProcessExecutor(ChunkExecutor):
 
 
 # --------------------------------------------------------------------------------------------------
-# Ray: session, net recipe, actors
+# Ray: the connection (embedded or a cluster), net recipe, actors
 # --------------------------------------------------------------------------------------------------
 _SESSION: dict[str, Any] = {"target": None, "embedded": False}
 
