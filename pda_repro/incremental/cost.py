@@ -87,7 +87,7 @@ def _macs(
         elif node.kind == "local":
             g = node.geometry
             r0, rs, c0, cs = ins[0]
-            out = (*_local_axis(r0, rs, g, 0, common), *_local_axis(c0, cs, g, 1, common))
+            out = (*g.output_box(0, r0, rs, common), *g.output_box(1, c0, cs, common))
         elif node.kind == "pointwise":
             out = ins[0]
         else:
@@ -99,17 +99,6 @@ def _macs(
         for v in node.outputs:
             boxes[v] = out
     return total
-
-
-def _local_axis(lo_in, size_in, g, axis: int, common: bool) -> tuple[np.ndarray, np.ndarray]:
-    reach, s, p, out = g.reach(axis), g.stride[axis], g.pad[axis], g.out_size[axis]
-    lo = np.maximum(0, -((reach - 1 - lo_in - p) // s))
-    hi = np.minimum(out - 1, (lo_in + size_in - 1 + p) // s)
-    size = np.maximum(0, hi - lo + 1)
-    if common:  # the engine's rule (engine._output_box)
-        size = np.full_like(size, min(out, max(1, int(size.max()))))
-        lo = np.clip(lo, 0, out - size)
-    return lo, size
 
 
 def _union(boxes: list[tuple], hw: tuple[int, int], common: bool) -> tuple:

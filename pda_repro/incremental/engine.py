@@ -146,9 +146,9 @@ class IncrementalEngine:
         g = node.geometry
         out0, size = [], []
         for axis, corner in ((0, block.rows0), (1, block.cols0)):
-            o, s = _output_box(corner, block.data.shape[2 + axis], g, axis)
+            o, s = g.output_box(axis, corner, block.data.shape[2 + axis], common=True)
             out0.append(o)
-            size.append(s)
+            size.append(int(s[0]))
         extent = [(size[a] - 1) * g.stride[a] + g.reach(a) for a in (0, 1)]
         # the input block in padded coordinates (the padded map starts at -pad)
         starts = [out0[a] * g.stride[a] for a in (0, 1)]
@@ -191,15 +191,6 @@ class IncrementalEngine:
         idx_n, rr, cc = _grid(b.rows0, b.cols0, h, w, full.device)
         full[idx_n, :, rr, cc] = b.data.permute(0, 2, 3, 1)
         return full
-
-
-def _output_box(corner: np.ndarray, length: int, g, axis: int) -> tuple[np.ndarray, int]:
-    """Per-window first output index and the common block size of a local node along one axis."""
-    k_reach, s, p, out = g.reach(axis), g.stride[axis], g.pad[axis], g.out_size[axis]
-    lo = np.maximum(0, -((k_reach - 1 - corner - p) // s))  # ceil((corner + p - (reach-1)) / s)
-    hi = np.minimum(out - 1, (corner + length - 1 + p) // s)
-    size = int(min(out, max(1, int((hi - lo + 1).max()))))
-    return np.clip(lo, 0, out - size), size
 
 
 def _same(b: Block, corner: list[np.ndarray]) -> bool:

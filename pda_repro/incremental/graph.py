@@ -46,6 +46,22 @@ class LocalGeometry:
         """Input extent one output pixel reads along `axis`: d*(K-1) + 1."""
         return self.dilation[axis] * (self.kernel[axis] - 1) + 1
 
+    def output_box(self, axis: int, lo_in, size_in, common: bool):
+        """(first output index, size) per window of the outputs whose receptive field (its hull)
+        meets the changed input rows [lo_in, lo_in + size_in), clipped to the map. common=True: the
+        engine's rule -- one size for all windows (the largest, at least 1), each box shifted to lie
+        inside the map."""
+        import numpy as np  # noqa: PLC0415
+
+        s, p, out = self.stride[axis], self.pad[axis], self.out_size[axis]
+        lo = np.maximum(0, -((self.reach(axis) - 1 - lo_in - p) // s))  # ceil((lo_in + p - reach + 1) / s)
+        hi = np.minimum(out - 1, (lo_in + size_in - 1 + p) // s)
+        size = np.maximum(0, hi - lo + 1)
+        if common:
+            size = np.full_like(size, min(out, max(1, int(size.max()))))
+            lo = np.clip(lo, 0, out - size)
+        return lo, size
+
     def bottom_pad(self, axis: int) -> int:
         """Padding after the input that the last output's window reaches (Caffe's ceil overhang)."""
         last = (self.out_size[axis] - 1) * self.stride[axis] - self.pad[axis] + self.reach(axis) - 1
