@@ -48,7 +48,7 @@ DEPS_HASH=$(cat pyproject.toml | sha256sum | cut -c1-16)
 STAMP="$VENV/.pda-repro-deps"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$DEPS_HASH" ]; then
   rm -f "$STAMP"
-  say "pip install -e .[dev] (torch pinned to the local CPU wheel)"
+  say "pip install -e .[dev] (torch 2.14.1 + torchvision 0.29.1 from the local disk)"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/tmp/pda-repro-pip.log 2>&1 \
     || die "pip could not upgrade itself (is PyPI reachable?); log: /tmp/pda-repro-pip.log"
   "$VENV/bin/python" -m pip install -q -e ".[dev]" >>/tmp/pda-repro-pip.log 2>&1 \
