@@ -346,12 +346,14 @@ def _configure_explain(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"a zoo model ({', '.join(zoo.names()) or 'see pda-repro models'}) or a path to a deploy .prototxt",
+        help=f"a zoo model ({', '.join(zoo.names()) or 'see pda-repro models'}), a path to a deploy .prototxt, "
+        "an .onnx file or torchvision:<arch> (e.g. torchvision:resnet18)",
     )
     parser.add_argument(
         "--weights",
         default=None,
-        help="a .caffemodel (default: the zoo's trained weights, else seeded random)",
+        help="a .caffemodel (default: the zoo's trained weights, else seeded random); for torchvision:<arch> "
+        "a state_dict file (default: seeded random weights)",
     )
     parser.add_argument(
         "--method",
@@ -473,6 +475,19 @@ def _configure_explain(parser: argparse.ArgumentParser) -> None:
     # preprocessing of models outside the zoo (a zoo model's spec is used otherwise)
     group = parser.add_argument_group(
         "preprocessing (a zoo model knows its own; for a prototxt path these set it, for a zoo model they override it)"
+    )
+    group.add_argument(
+        "--preprocess",
+        default=None,
+        metavar="imagenet|FILE",
+        help="PyTorch/ONNX models: a preset (imagenet: torchvision's resize 256, crop 224, mean/std) or a "
+        ".json/.toml file (see pda_repro.presets); default imagenet (torchvision:<arch>: its weights' own)",
+    )
+    group.add_argument(
+        "--scores",
+        choices=("logits", "probabilities"),
+        default="logits",
+        help="PyTorch/ONNX models: what the model returns (logits: softmax is applied)",
     )
     group.add_argument(
         "--channel-order",
@@ -617,14 +632,49 @@ def _custom_spec(args: argparse.Namespace, prototxt: Path) -> Any:
     )
 
 
+def _module_model(args: argparse.Namespace, weights: Path | None) -> _Model:
+    """A PyTorch/ONNX --model: its preprocessing from --preprocess (and the overriding options)."""
+    from dataclasses import replace
+
+    from pda_repro import presets
+    from pda_repro.backends.module_sources import TORCHVISION_PREFIX, torchvision_preprocessing
+
+    name = args.model[len(TORCHVISION_PREFIX) :] if args.model.startswith(TORCHVISION_PREFIX) else None
+    if name is None and not Path(args.model).is_file():
+        raise CLIError(f"ONNX file {args.model!r} not found")
+    default = (torchvision_preprocessing(name) if name else None) or "imagenet"
+    overrides = {"channel_order": args.channel_order, "resize": args.resize, "train_size": args.train_size,
+                 "class_names": args.labels}  # fmt: skip
+    try:
+        spec = presets.preprocessing(
+            args.preprocess or default, name=name or Path(args.model).stem, **overrides
+        )
+        if args.mean or args.scale:
+            spec = replace(spec, mean=_parse_mean(args.mean) if args.mean else spec.mean,
+                           scale=args.scale if args.scale else spec.scale)  # fmt: skip
+    except ValueError as exc:
+        raise CLIError(f"--preprocess: {_one_line(exc)}") from None
+    spec = replace(spec, prototxt=Path(args.model))
+    note = "given" if weights is not None else ("random (seeded, seed 0)" if name else "the ONNX file's")
+    if weights is None and name:
+        _note(f"warning: {args.model} has no weights given; explaining a net with seeded random weights "
+              "(pass --weights state_dict.pth)")  # fmt: skip
+    return _Model(
+        spec=spec, source=args.model, weights=weights, weights_note=note, in_zoo=False, class_names=[]
+    )
+
+
 def _resolve_model(args: argparse.Namespace) -> _Model:
     from dataclasses import replace
 
     from pda_repro import zoo
+    from pda_repro.backends.module_sources import is_module_model
 
     weights = Path(args.weights) if args.weights else None
     if weights is not None and not weights.is_file():
         raise CLIError(f"weights file {str(weights)!r} not found")
+    if is_module_model(args.model):
+        return _module_model(args, weights)
     if _looks_like_path(args.model) and args.model not in zoo.names():
         prototxt = Path(args.model)
         if not prototxt.is_file():
@@ -765,7 +815,16 @@ def _classes_for(request: Sequence[int | str], probs: np.ndarray) -> list[int]:
 def _preprocess_tag(spec: Any) -> str:
     c, h, w = spec.input_shape
     mean = "-".join(f"{m:g}" for m in spec.mean)
-    return f"{spec.name}_{spec.channel_order}_m{mean}_s{spec.scale:g}_r{spec.resize}_{spec.interpolation}_{c}x{h}x{w}"
+    scale = "-".join(f"{s:g}" for s in spec.scale) if isinstance(spec.scale, tuple) else f"{spec.scale:g}"
+    return (
+        f"{spec.name}_{spec.channel_order}_m{mean}_s{scale}_r{spec.resize}_{spec.interpolation}_{c}x{h}x{w}"
+    )
+
+
+def _is_module(model: _Model) -> bool:
+    from pda_repro.backends.module_sources import is_module_model
+
+    return is_module_model(model.source)
 
 
 def _file_digest(path: Path) -> str:
@@ -1079,7 +1138,9 @@ def _settings(state: _RunState) -> dict[str, Any]:
         "seed": a.seed,
         "batch": a.batch,
         "model": state.model.spec.name,
-        "prototxt": str(Path(state.model.spec.prototxt).resolve()),
+        "prototxt": str(Path(state.model.spec.prototxt).resolve())
+        if Path(state.model.spec.prototxt).exists()
+        else str(state.model.spec.prototxt),
         "weights": str(state.model.weights.resolve()) if state.model.weights else None,
         **state.fingerprints,
         "backend": a.backend,
@@ -1404,7 +1465,7 @@ def _run_inputs(
 
 def _load_weights(args: argparse.Namespace, model: _Model) -> tuple[dict | None, list[str]]:
     """The --weights arrays, checked against the net (shapes, NaN/Inf) and the layers they lack."""
-    if model.weights is None:
+    if model.weights is None or _is_module(model):
         return None, []
     from pda_repro import proto
     from pda_repro.backends.caffemodel import read_caffemodel
@@ -1452,12 +1513,14 @@ def _prepare_explain(
         arrays, missing = _load_weights(args, model)
         with warnings.catch_warnings():  # missing layers are reported below, in one line
             warnings.filterwarnings("ignore", message="no weights given for layers")
+            module_options = {"preprocess": spec, "output": args.scores} if _is_module(model) else {}
             net = load_model(
                 model.source if not model.in_zoo else spec.name,
                 backend=args.backend,
                 device=args.device,
-                weights=arrays if arrays is not None else None,
+                weights=model.weights if _is_module(model) else arrays,
                 batch=args.batch,
+                **module_options,
             )
     except ImportError as exc:
         raise CLIError(f"backend {args.backend!r} is not available: {_one_line(exc)}") from None
@@ -1486,7 +1549,8 @@ def _prepare_explain(
     if not model.in_zoo:
         from dataclasses import replace
 
-        spec = replace(spec, num_classes=int(net.num_classes), input_shape=tuple(net.input_shape))
+        base = net.model_spec if _is_module(model) else spec  # fitted to the model's input size
+        spec = replace(base, num_classes=int(net.num_classes), input_shape=tuple(net.input_shape))
         model.spec = spec
     model.class_names = _read_labels(spec, int(net.num_classes))
     class_request = _resolve_class_request(args.classes, model.class_names)
@@ -1495,7 +1559,9 @@ def _prepare_explain(
     if "sampler" in uses:
         sampler, sampler_info = _build_sampler(args, spec)
     fingerprints = {
-        "prototxt_sha256": hashlib.sha256(net.net_param.SerializeToString(deterministic=True)).hexdigest(),
+        "prototxt_sha256": file_digest(spec.prototxt)
+        if _is_module(model) and Path(spec.prototxt).is_file()
+        else hashlib.sha256(net.net_param.SerializeToString(deterministic=True)).hexdigest(),
         "weights_sha256": file_digest(model.weights) if model.weights else None,
         "missing_weights": missing or None,
         "sampler_sha256": _fingerprint(sampler) if sampler is not None else None,

@@ -60,20 +60,32 @@ class Explanation:
 
 
 def load_model(
-    model: str | Path,
+    model: Any,
     backend: str = "torch",
     device: str = "cpu",
-    weights: str | Path | None = None,
+    weights: Any = None,
     batch: int | None = None,
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+    output: str | None = None,
+    preprocess: Any = None,
+    seed: int = 0,
 ) -> Backend:
-    """A Backend for a zoo name or a prototxt path (see pda_repro.backends.load_backend).
+    """A Backend for a zoo name or a prototxt path (see pda_repro.backends.load_backend), or for a
+    PyTorch model: an nn.Module (`input_shape=(C, H, W)` needed), a .onnx file or
+    "torchvision:<arch>" (weights: a state_dict file; without: seeded random weights, `seed`).
 
     For zoo names the net carries its ModelSpec as `net.model_spec`; explain() reads the Laplace
-    N (train_size) and deep Taylor's input bounds (input_range) from it. batch: images per framework
-    call (None: pda_repro.backends.default_batch(device) -- 160 on a GPU, 4 on a CPU)."""
+    N (train_size) and deep Taylor's input bounds (input_range) from it. PyTorch models carry their
+    preprocessing there: `preprocess` = "imagenet" (the default), a .json/.toml file or a dict
+    (pda_repro.presets). output: what the PyTorch model returns, "logits" (default) or
+    "probabilities". batch: images per framework call (None: pda_repro.backends.default_batch(device)
+    -- 160 on a GPU, 4 on a CPU)."""
     from pda_repro.backends import load_backend  # noqa: PLC0415
 
-    return load_backend(model, backend=backend, device=device, weights=weights, batch=batch)
+    options = {"input_shape": input_shape, "output": output, "preprocess": preprocess}
+    options = {k: v for k, v in options.items() if v is not None}
+    return load_backend(model, backend=backend, device=device, weights=weights, batch=batch, seed=seed, **options)
 
 
 def _check_image(net: Backend, image: Any) -> np.ndarray:

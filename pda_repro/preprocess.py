@@ -206,8 +206,16 @@ def to_network_input(display: np.ndarray, spec: Any) -> np.ndarray:
     mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1)
     if mean.size not in (1, channels):
         raise ValueError(f"spec.mean has {mean.size} values, expected 1 or {channels} (one per channel)")
-    x = (planes - mean.reshape(-1, 1, 1)) * np.float32(spec.scale)
+    x = (planes - mean.reshape(-1, 1, 1)) * _scale(spec, channels).reshape(-1, 1, 1)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _scale(spec: Any, channels: int, dtype: Any = np.float32) -> np.ndarray:
+    """spec.scale as an array of 1 or `channels` values (one float, or one per channel)."""
+    scale = np.asarray(spec.scale, dtype=dtype).reshape(-1)
+    if scale.size not in (1, channels):
+        raise ValueError(f"spec.scale has {scale.size} values, expected 1 or {channels} (one per channel)")
+    return scale
 
 
 def deprocess(x: np.ndarray, spec: Any) -> np.ndarray:
@@ -216,7 +224,7 @@ def deprocess(x: np.ndarray, spec: Any) -> np.ndarray:
     if x.ndim != 3:
         raise ValueError(f"expected a C×H×W array, got shape {x.shape}")
     mean = np.asarray(spec.mean, dtype=np.float64).reshape(-1, 1, 1)
-    planes = x / float(spec.scale) + mean
+    planes = x / _scale(spec, x.shape[0], np.float64).reshape(-1, 1, 1) + mean
     order = str(spec.channel_order).upper()
     if order == "BGR":
         planes = planes[::-1]

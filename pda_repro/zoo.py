@@ -24,7 +24,7 @@ class ModelSpec:
     input_shape: tuple[int, int, int]  # (C, H, W)
     channel_order: str  # "BGR", "RGB" or "GRAY": the order of the input's channels
     mean: tuple[float, ...]  # per-channel mean subtracted, in channel_order, on the 0..255 scale
-    scale: float = 1.0  # multiplied after subtracting the mean
+    scale: float | tuple[float, ...] = 1.0  # multiplied after subtracting the mean (or one per channel)
     resize: int | None = None  # shorter side resized to this before the centre crop (None: straight to input)
     interpolation: str = "bilinear"  # "bilinear" or "bicubic"
     num_classes: int = 1000
@@ -54,8 +54,9 @@ class ModelSpec:
     @property
     def input_range(self) -> tuple[float, float]:
         """Lowest and highest value a preprocessed pixel can take (bounds for deep Taylor's z^B rule)."""
-        lo = (0.0 - max(self.mean)) * self.scale
-        hi = (255.0 - min(self.mean)) * self.scale
+        scales = self.scale if isinstance(self.scale, tuple) else (self.scale,) * len(self.mean)
+        lo = min((0.0 - m) * s for m, s in zip(self.mean, scales, strict=False))
+        hi = max((255.0 - m) * s for m, s in zip(self.mean, scales, strict=False))
         return (lo, hi)
 
 

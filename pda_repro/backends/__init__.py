@@ -48,7 +48,8 @@ def resolve_model(model: Any) -> tuple[Any, Path, Any]:
             if isinstance(model, str) and not model.endswith(".prototxt") and os.sep not in model:
                 zoo.get(model)  # raises KeyError with the zoo's suggestion
             raise BackendError(
-                f"model {str(model)!r} is neither a zoo name ({', '.join(zoo.names())}) nor a prototxt file"
+                f"model {str(model)!r} is neither a zoo name ({', '.join(zoo.names())}) nor a prototxt file "
+                "(PyTorch models: an nn.Module, a .onnx file or torchvision:<arch>)"
             )
     return spec, path, proto.read_prototxt(path)
 
@@ -60,8 +61,12 @@ def load_backend(
     weights: WeightsArg | str = None,
     batch: int | None = None,
     seed: int = 0,
+    **module_options: Any,
 ) -> Backend:
-    """A runnable net: `model` is a zoo name (see pda_repro.zoo), a ModelSpec or a prototxt path.
+    """A runnable net: `model` is a zoo name (see pda_repro.zoo), a ModelSpec or a prototxt path --
+    or a PyTorch model: an nn.Module, a .onnx file or "torchvision:<arch>" (then `weights` is a
+    state_dict or its file, and `module_options` are input_shape, output and preprocess of
+    pda_repro.backends.module_sources.module_backend; backend "torch").
 
     weights: a .caffemodel path (official Model Zoo files load unchanged), a dict layer -> blobs,
     "random" for seeded filler weights, or None: the zoo's trained weights if the file exists, else
@@ -70,7 +75,14 @@ def load_backend(
     `weights_source` (a path or "random (seed N)"). batch: images per framework call (None:
     default_batch(device))."""
     from pda_repro.backends.caffemodel import read_caffemodel  # noqa: PLC0415
+    from pda_repro.backends.module_sources import is_module_model, module_backend  # noqa: PLC0415
 
+    if is_module_model(model):
+        if backend not in ("torch", "torch-module"):
+            raise BackendError(f"PyTorch and ONNX models run on the torch backend, not {backend!r}")
+        return module_backend(model, weights=weights, device=device, batch=batch, seed=seed, **module_options)
+    if module_options:
+        raise BackendError(f"{', '.join(sorted(module_options))}: only for PyTorch/ONNX models, not {model!r}")
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     spec, _, net = resolve_model(model)
