@@ -45,9 +45,10 @@ from pda_repro.bench.results import (  # noqa: E402
 )
 
 DEFAULT_MODELS = ("efficientnet_lite0", "vgg16")
-# windows per model: enough for `--chunks` work units of some seconds each on this CPU, few enough
-# that the whole benchmark stays within ~15 min on a loaded 2-core machine
-WINDOWS = {"efficientnet_lite0": 128, "vgg16": 64, "alexnet": 256, "googlenet": 128, "mnist": 2048}
+# windows per model: enough that each worker's fixed cost per image (the task, the image's stored
+# activations for incremental inference) is a small part of its run, few enough that the benchmark
+# stays within ~15 min on a 2-core machine
+WINDOWS = {"efficientnet_lite0": 1024, "vgg16": 384, "alexnet": 2048, "googlenet": 1024, "mnist": 8192}
 FULL_WINDOWS = 46_225  # a 224×224 image, window 10, stride 1 (for the extrapolated full-image times)
 
 
@@ -69,6 +70,54 @@ def _ray_system_rss() -> int:
         except (psutil.Error, OSError):
             continue
     return total
+
+
+def _conv_work(iterations: int, threads: int) -> float:
+    """Seconds of `iterations` 3×3 convolutions (64→64 channels, 56×56, batch 4·threads) on `threads`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.randn(4 * threads, 64, 56, 56, generator=torch.Generator().manual_seed(0))
+    w = torch.randn(64, 64, 3, 3, generator=torch.Generator().manual_seed(1))
+    torch.nn.functional.conv2d(x, w, padding=1)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        torch.nn.functional.conv2d(x, w, padding=1)
+    return time.perf_counter() - t0
+
+
+def machine_scaling(rounds: int, iterations: int = 40) -> dict:
+    """What two cores give on this machine for CNN work, whatever runs it: the same convolutions in one
+    single-threaded process, in two at once, and in one process with two threads (twice the batch),
+    interleaved over `rounds`. Throughput relative to the lone single-threaded process: 2.0 would be
+    two full cores; the ratio of the two-process and two-thread figures bounds what workers can gain
+    over threads here."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    seconds: dict[str, list[float]] = {"1proc_1thread": [], "2procs_1thread": [], "1proc_2threads": []}
+    loads = []
+    with ctx.Pool(2) as pool:
+        pool.starmap(_conv_work, [(1, 1), (1, 1)])  # start both processes (torch imported)
+        for _ in range(rounds):
+            loads.append(_load())
+            seconds["1proc_1thread"].append(pool.apply(_conv_work, (iterations, 1)))
+            t0 = time.perf_counter()
+            pool.starmap(_conv_work, [(iterations, 1), (iterations, 1)])
+            seconds["2procs_1thread"].append(time.perf_counter() - t0)
+            seconds["1proc_2threads"].append(pool.apply(_conv_work, (iterations, 2)))
+    one = statistics.median(seconds["1proc_1thread"])
+    return {
+        "what": "3x3 convolutions 64->64 channels at 56x56 (torch), batch 4 per thread",
+        "iterations": iterations,
+        "rounds": rounds,
+        "seconds": seconds,
+        "throughput_vs_1proc_1thread": {
+            "2procs_1thread": 2 * one / statistics.median(seconds["2procs_1thread"]),
+            "1proc_2threads": 2 * one / statistics.median(seconds["1proc_2threads"]),
+        },
+        "load_1min_at_rounds": loads,
+    }
 
 
 class _OneEvaluation:
@@ -152,6 +201,55 @@ def projection(meta: dict) -> dict:
     return out
 
 
+def full_image_rows(net, x, gauss, top: int, stride: int, executor, startup: dict) -> tuple[list[dict], dict]:
+    """Every window of the image at `stride` (default chunks), once in one process with 2 threads and
+    once on the Ray workers: the per-image costs spread as in a real run. Start-up is excluded (the
+    actors are ready) and stated in the JSON."""
+    import torch
+
+    from pda_repro.explain import explain
+
+    base = dict(
+        method="epda", window=10, outer=18, stride=stride, sampler=gauss, classes=[top], progress=False
+    )
+    out, seconds, maps = [], {}, {}
+    for name, threads, workers in (
+        ("full_image_1proc_2threads", 2, 1),
+        ("full_image_ray_2workers", 1, executor),
+    ):
+        torch.set_num_threads(threads)
+        load = _load()
+        t0 = time.perf_counter()
+        res = explain(net, x, workers=workers, inference="incremental", **base)
+        seconds[name] = time.perf_counter() - t0
+        maps[name] = res.maps
+        n = int(res.params["windows_total"])
+        out.append(
+            {
+                "model": net.model_spec.name, "config": name, "method": "epda", "k": 10, "l": 18, "S": 1,
+                "stride": stride, "batch": res.params["batch"], "backend": res.params["backend"],
+                "inference": res.params["inference"], "executor": res.params["executor"],
+                "workers": res.params["workers"], "threads_per_process": threads, "device": "cpu",
+                "windows": n, "chunk_windows": res.params.get("chunk_windows"), "rounds": 1,
+                "seconds_median": seconds[name], "seconds_rounds": f"{seconds[name]:.2f}",
+                "windows_per_s": n / seconds[name],
+                "throughput_vs_1proc_2threads": seconds["full_image_1proc_2threads"] / seconds[name],
+                "full_image_s_extrapolated": seconds[name] / n * FULL_WINDOWS,
+                "maps_equal_1proc_1thread": None, "max_abs_map_diff_1proc_1thread": None,
+                "load_1min_at_rounds": f"{load:.2f}",
+                "weights": str(net.weights_source).replace(f"{REPO}/", ""),
+            }
+        )  # fmt: skip
+        print(
+            f"{net.model_spec.name:18s} {name:26s} {seconds[name]:8.1f} s ({n} windows, load {load})",
+            flush=True,
+        )
+    diff = float(np.abs(maps["full_image_ray_2workers"] - maps["full_image_1proc_2threads"]).max())
+    info = {"model": net.model_spec.name, "stride": stride, "windows": out[0]["windows"],
+            "max_abs_map_diff_workers_vs_2threads": diff, "startup_excluded_s": startup["total_s"]}  # fmt: skip
+    return out, info
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
@@ -161,6 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before-model", default="efficientnet_lite0", help="model of the 'before' timing")
     parser.add_argument("--windows", type=int, default=None, help="windows per model (default: WINDOWS)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--full-image",
+        default="efficientnet_lite0",
+        help="model whose whole image (every window at --full-image-stride) is also run, once per config "
+        "('' to skip)",
+    )
+    parser.add_argument("--full-image-stride", type=int, default=2)
+    parser.add_argument("--scaling-rounds", type=int, default=3, help="rounds of the machine-scaling test")
     parser.add_argument(
         "--projection-only",
         action="store_true",
@@ -199,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     rows, startup, memory, chunk_info = [], {}, {}, {}
     load_start = _load()
+    scaling = machine_scaling(args.scaling_rounds)
+    print(
+        f"machine scaling (conv, vs 1 process 1 thread): {scaling['throughput_vs_1proc_1thread']}", flush=True
+    )
+    default_chunk_draws = windows.CHUNK_DRAWS
+    full_image: dict = {}
     for model in models:
         net = load_backend(model, device="cpu", seed=args.seed)
         spec = net.model_spec
@@ -261,8 +373,10 @@ def main(argv: list[str] | None = None) -> int:
             "compute_s_per_window": worker_seconds / n_windows,
             "bytes_back_per_chunk_1_class": len(pickle.dumps(state, protocol=5)),
             "bytes_back_per_window_per_class": 8,
-            # sent once per image to each worker: the image, the window corners and the sampler
-            "bytes_task_per_image": len(pickle.dumps((x, gauss), protocol=5)) + 16 * FULL_WINDOWS,
+            # sent once per image to each worker: the image and the window corners; the sampler goes
+            # once per worker and sampler content (parallel._Pool.share)
+            "bytes_task_per_image": len(pickle.dumps(x, protocol=5)) + 16 * FULL_WINDOWS,
+            "bytes_sampler_once_per_worker": len(pickle.dumps(gauss, protocol=5)),
         }
         ref = statistics.median(seconds["1proc_2threads"])
         one = results["1proc_1thread"]
@@ -305,6 +419,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{ref / med:.2f}× 1 process/2 threads; load {loads[name]})",
                 flush=True,
             )
+        if model == args.full_image:
+            windows.CHUNK_DRAWS = default_chunk_draws
+            full_rows, full_image = full_image_rows(
+                net, x, gauss, top, args.full_image_stride, executor, startup[model]
+            )
+            rows += full_rows
         parallel.shutdown()
     ratios = {r["model"]: r["throughput_vs_1proc_2threads"] for r in rows if r["config"] == "ray_2workers"}
     speedup = statistics.median(ratios.values()) if ratios else 1.0
@@ -342,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_1min_end": _load(),
         "machine": machine_metadata(),
     }
+    meta["machine_scaling"] = scaling
+    meta["full_image"] = full_image
     meta["driver"] = driver_costs()
     meta["projection"] = projection(meta)
     atomic_write_json(out_dir / "parallel.json", meta)

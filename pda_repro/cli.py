@@ -1253,13 +1253,27 @@ def _read_image_digest(path: Path) -> str:
         raise ImageReadError(_describe(exc, "read image", path)) from None
 
 
-def _explain_one(state: _RunState, path: Path, stem: str) -> dict[str, Any]:
-    from pda_repro.explain import explain
-    from pda_repro.io import commit, file_digest, temp_path
-    from pda_repro.preprocess import load_image
-    from pda_repro.viz import save_explanation_png
+@dataclass
+class _ImageJob:
+    """One image to explain: what _plan_image found and explain() is called with."""
 
-    a, spec, names = state.args, state.model.spec, state.model.class_names
+    path: Path
+    img: Any
+    digest: str
+    key: str
+    settings: dict
+    final: list[Path]
+    checkpoint: Path | None
+    kwargs: dict
+    warnings: list[str]
+    started: float
+
+
+def _plan_image(state: _RunState, path: Path, stem: str) -> _ImageJob | dict[str, Any]:
+    """The skipped record of an image whose results are up to date, else the job that computes them."""
+    from pda_repro.preprocess import load_image
+
+    a, spec = state.args, state.model.spec
     started = time.perf_counter()
     digest = _read_image_digest(path)
     settings = _settings(state)
@@ -1306,16 +1320,39 @@ def _explain_one(state: _RunState, path: Path, stem: str) -> dict[str, Any]:
     if a.output is not None:
         kwargs["output"] = a.output
     method_cls = _methods()[a.method]
-    if getattr(method_cls, "checkpointable", False):
+    if not getattr(method_cls, "checkpointable", False):
+        checkpoint = None
+    else:
         _drop_unreadable_checkpoint(checkpoint)
         kwargs.update(checkpoint=checkpoint, keep_checkpoint=True, **_checkpoint_kwargs(a))
-    try:
-        result = explain(state.net, img.x, **kwargs)
-    except KeyboardInterrupt:
-        raise _Interrupted(checkpoint if "checkpoint" in kwargs else None) from None
-    except OSError as exc:  # the checkpoint could not be written
-        raise _Fatal(_describe(exc, "write the checkpoint", checkpoint)) from None
+    return _ImageJob(path, img, digest, key, settings, final, checkpoint, kwargs, image_warnings, started)
 
+
+def _explain_one(state: _RunState, path: Path, stem: str) -> dict[str, Any]:
+    """Plan, compute and write one image in this process (its windows maybe on Ray workers)."""
+    from pda_repro.explain import explain
+
+    job = _plan_image(state, path, stem)
+    if isinstance(job, dict):
+        return job
+    try:
+        result = explain(state.net, job.img.x, **job.kwargs)
+    except KeyboardInterrupt:
+        raise _Interrupted(job.checkpoint) from None
+    except OSError as exc:  # the checkpoint could not be written
+        raise _Fatal(_describe(exc, "write the checkpoint", job.checkpoint)) from None
+    return _write_result(state, job, result)
+
+
+def _write_result(state: _RunState, job: _ImageJob, result: Any) -> dict[str, Any]:
+    """The image's .npz, .png and .json (staged, then replaced in order, the JSON last); the
+    checkpoint goes once they are on disk."""
+    from pda_repro.io import commit, file_digest, temp_path
+    from pda_repro.viz import save_explanation_png
+
+    a, spec, names = state.args, state.model.spec, state.model.class_names
+    path, img, digest, key, settings = job.path, job.img, job.digest, job.key, job.settings
+    final, checkpoint, image_warnings, started = job.final, job.checkpoint, job.warnings, job.started
     maps = np.asarray(result.maps, dtype=np.float32)
     res_classes = [int(c) for c in np.asarray(result.classes).reshape(-1)]
     res_probs = np.asarray(result.probs, dtype=np.float64).reshape(-1)
@@ -1381,9 +1418,10 @@ def _explain_one(state: _RunState, path: Path, stem: str) -> dict[str, Any]:
     finally:
         for tmp in staged:
             tmp.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # the results are on disk: the checkpoint has done its job
-        checkpoint.unlink(missing_ok=True)
-        checkpoint.parent.rmdir()  # only when empty (no other image's unfinished run)
+    if checkpoint is not None:
+        with contextlib.suppress(OSError):  # the results are on disk: the checkpoint has done its job
+            checkpoint.unlink(missing_ok=True)
+            checkpoint.parent.rmdir()  # only when empty (no other image's unfinished run)
     return {"skipped": False, "files": final, "summary": summary}
 
 
@@ -1588,44 +1626,161 @@ def _prepare_explain(
 
 def _explain_all(state: _RunState, items: list[tuple[str, Path | None, str | None]]) -> int:
     """Explain each image; a failing image prints one line and the others go on (exit 2 if any failed);
-    an output that cannot be written ends the run."""
-    user_errors = _user_error_types()
+    an output that cannot be written ends the run.
+
+    With several images and Ray workers (--workers N >= 2, --cluster, or auto once the first image
+    went to Ray), whole images are the work units: while at least as many images are left as there
+    are workers, each worker explains one image on one thread (its checkpoint in --out when Ray runs on
+    this machine); the last images (fewer than the workers) have their windows spread over all of them.
+    The maps are the same either way (one thread per worker, the same batches)."""
     paths = [p for _, p, err in items if err is None and p is not None]
     stems = iter(_unique_stems(paths))
-    failed = 0
-    total = len(items)
+    run = _ImageRun(state, len(items))
+    pending: list[tuple[int, Path, str]] = []
     for i, (arg, path, error) in enumerate(items, 1):
         if error is not None or path is None:
             _err(error or f"bad image argument {arg!r}")
-            failed += 1
+            run.failed += 1
+        else:
+            pending.append((i, path, next(stems)))
+    while pending:
+        workers = _image_workers(state, run, len(pending))
+        if workers < 2 or len(pending) < workers:
+            i, path, stem = pending.pop(0)
+            run.report(i, path, lambda p=path, s=stem: _explain_one(state, p, s))
             continue
-        stem = next(stems)
+        whole = len(pending) - len(pending) % workers
+        _explain_whole_images(state, run, pending[:whole], workers)
+        del pending[:whole]
+    if run.failed:
+        _note(f"{run.failed} of {run.total} image{'s' if run.total != 1 else ''} failed")
+    return EXIT_USER_ERROR if run.failed else EXIT_OK
+
+
+class _ImageRun:
+    """The per-image lines of an explain run and its count of failed images."""
+
+    def __init__(self, state: _RunState, total: int) -> None:
+        self.state, self.total, self.failed = state, total, 0
+        self.user_errors = _user_error_types()
+        self.executor: tuple[str, int] | None = None  # what the last computed image ran on
+
+    def report(self, i: int, path: Path, compute: Callable[[], dict[str, Any]]) -> None:
+        """Run `compute` for image i and print its line; a user error fails this image only."""
         try:
-            done = _explain_one(state, path, stem)
+            done = compute()
         except (_Interrupted, _Fatal):
             raise
-        except user_errors as exc:
+        except self.user_errors as exc:
             if _debug():
                 raise
             text = _error_text(exc)
             _err(text if str(path) in text else f"{path}: {text}")
-            failed += 1
-            continue
+            self.failed += 1
+            return
+        if done.get("skipped") is None:  # planned for the whole-image phase, computed later
+            return
         files = done["files"]
         if done["skipped"]:
-            _note(f"[{i}/{total}] {path}: up to date in {files[2]} (use --force to recompute)")
-            continue
+            _note(f"[{i}/{self.total}] {path}: up to date in {files[2]} (use --force to recompute)")
+            return
         s = done["summary"]
+        params = s.get("params", {})
+        self.executor = (str(params.get("executor", "in-process")), int(params.get("workers", 1)))
         best = s["explained"][0] if s["explained"] else s["top5"][0]
         print(
-            f"[{i}/{total}] {path} -> {files[0].with_suffix('')}.{{npz,png,json}}: "
+            f"[{i}/{self.total}] {path} -> {files[0].with_suffix('')}.{{npz,png,json}}: "
             f"{_short_name(best['name'])} p={_format_prob(best['prob'])}, {s['seconds']:.1f} s, "
-            f"{s['params'].get('images_forwarded', s['forward_passes'])} images forwarded",
+            f"{params.get('images_forwarded', s['forward_passes'])} images forwarded",
             flush=True,
         )
-    if failed:
-        _note(f"{failed} of {total} image{'s' if total != 1 else ''} failed")
-    return EXIT_USER_ERROR if failed else EXIT_OK
+
+
+def _image_workers(state: _RunState, run: _ImageRun, images_left: int) -> int:
+    """Ray workers that could take whole images (0: this run explains images one after another)."""
+    a = state.args
+    if images_left < 2 or not getattr(_methods()[a.method], "checkpointable", False):
+        return 0
+    if a.cluster is not None:
+        from pda_repro.parallel import RayExecutor
+
+        executor = RayExecutor(
+            workers=None if a.workers == "auto" else a.workers, cluster=a.cluster, device=a.device
+        )
+        executor.connect()  # auto: the cluster's CPUs (GPUs with --device cuda)
+        return executor.workers
+    if isinstance(a.workers, int):
+        return a.workers if a.workers >= 2 else 0
+    # auto: the last computed image decides (it went to Ray when it was long enough to pay for it)
+    if run.executor is None or run.executor[0] != "ray":
+        return 0
+    return run.executor[1] if run.executor[1] >= 2 else 0
+
+
+def _explain_whole_images(
+    state: _RunState, run: _ImageRun, batch: list[tuple[int, Path, str]], workers: int
+) -> None:
+    """Explain `batch` with each Ray worker taking whole images; results are written as they arrive."""
+    from pda_repro.parallel import explain_each
+
+    a = state.args
+    jobs: list[tuple[int, Path, _ImageJob]] = []
+    for i, path, stem in batch:
+        planned: list[_ImageJob] = []
+        run.report(i, path, lambda p=path, s=stem, into=planned: _planned(state, p, s, into))
+        if planned:
+            jobs.append((i, path, planned[0]))
+    if not jobs:
+        return
+    drop = {"progress", "workers", "cluster", "rng", "classes", "checkpoint", "keep_checkpoint"}
+    first = jobs[0][2].kwargs
+    shared = {k: v for k, v in first.items() if k not in drop and not k.startswith("checkpoint_")}
+    per_image = []
+    for _, _, job in jobs:
+        own = {"classes": job.kwargs["classes"], "rng": int(a.seed)}
+        if job.checkpoint is not None and a.cluster is None:  # the workers share this file system
+            own.update(
+                checkpoint=str(job.checkpoint.resolve()),
+                keep_checkpoint=True,
+                **{k: v for k, v in job.kwargs.items() if k.startswith("checkpoint_")},
+            )
+        per_image.append(own)
+    results = explain_each(
+        state.net,
+        [job.img.x for _, _, job in jobs],
+        shared,
+        per_image,
+        workers=workers,
+        cluster=a.cluster,
+        progress=not a.no_progress,
+        description=f"{len(jobs)} images on {workers} workers",
+        return_errors=True,
+    )
+    try:
+        for k, result in results:
+            i, path, job = jobs[k]
+            if isinstance(result, BaseException):
+                run.report(i, path, lambda exc=result: _raise(exc))
+            else:
+                # recorded like the chunked runs' executor/workers: whole images on `workers` actors
+                result.params.update(executor="ray-images", workers=int(workers))
+                run.report(i, path, lambda j=job, r=result: _write_result(state, j, r))
+    except KeyboardInterrupt:
+        saved = state.out / ".checkpoints"
+        raise _Interrupted(saved if saved.is_dir() else None) from None
+
+
+def _planned(state: _RunState, path: Path, stem: str, into: list) -> dict[str, Any]:
+    """_plan_image for the whole-image phase: a job goes into `into`, an up-to-date image reports."""
+    job = _plan_image(state, path, stem)
+    if isinstance(job, dict):
+        return job
+    into.append(job)
+    return {"skipped": None}
+
+
+def _raise(exc: BaseException) -> dict[str, Any]:
+    raise exc
 
 
 add_subcommand(

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
+import json
 import os
 import socket
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +42,7 @@ from pda_repro.methods.windows import (
     ChunkSink,
     ChunkState,
     WindowTask,
+    array_fingerprint,
     net_fingerprint,
     run_chunk,
 )
@@ -52,6 +56,7 @@ RAY_BREAK_EVEN_S = 30.0
 PROBE_SECONDS = 1.0  # auto: in-process work timed before deciding
 CONNECT_TIMEOUT_S = 10.0  # a cluster address that does not answer TCP within this is unreachable
 MAX_CHUNK_RETRIES = 3  # a chunk whose worker died this many times stops the run
+SHARED_OBJECTS = 2  # samplers a pool keeps in the object store (the oldest is released)
 POLL_ACTORS = 16  # progress questions per poll (round robin): the driver's polling stays bounded
 WORKER_RECOVERY_S = 120.0  # a failed worker not back (restarted, net built) within this is dropped
 
@@ -282,13 +287,24 @@ class ChunkWorker:
         return int(psutil.Process().memory_info().rss)
 
     def run(
-        self, recipe_ref: list, task_id: str, task_ref: list, state: ChunkState, inference: str
+        self,
+        recipe_ref: list,
+        task_id: str,
+        task_ref: list,
+        shared_key: str,
+        shared_ref: list,
+        state: ChunkState,
+        inference: str,
     ) -> ChunkState:
+        """One chunk of the task `task_id`; the task travels without its imputation (the sampler,
+        tens of MiB), which the worker fetches once per content key (`_Pool.share`)."""
         import ray  # noqa: PLC0415
 
         self.setup(recipe_ref)
         if task_id != self.task_id:
-            self.task, self.task_id = ray.get(task_ref[0]), task_id
+            imputation = self._shared(shared_key, shared_ref)
+            self.task = dataclasses.replace(ray.get(task_ref[0]), imputation=imputation)
+            self.task_id = task_id
         self.net.inference = inference
         state.sums = np.array(state.sums, dtype=np.float64)  # Ray hands arguments over read-only
         self.state = state
@@ -297,21 +313,43 @@ class ChunkWorker:
         finally:
             self.state = None
 
-    def progress(self) -> tuple[int, int] | None:
-        """(chunk, evaluations done) of the chunk running now."""
-        state = self.state
-        return None if state is None else (state.chunk, state.done)
-
-    def explain(self, recipe_ref: list, options_id: str, options_ref: list, image: np.ndarray) -> Any:
-        """One whole image, in this process (the unit of explain_many)."""
+    def _shared(self, key: str, ref: list) -> Any:
+        """The object put once per pool under `key` (the last one fetched stays here)."""
         import ray  # noqa: PLC0415
 
+        if key != getattr(self, "shared_key", None):
+            self.shared_value, self.shared_key = ray.get(ref[0]), key
+        return self.shared_value
+
+    def progress(self) -> tuple[int, int] | None:
+        """(chunk, evaluations done) of the chunk running now, or (-1 - image, done) of a whole image."""
+        state = self.state
+        if state is None:
+            return getattr(self, "image_progress", None)
+        return (state.chunk, state.done)
+
+    def explain(
+        self, recipe_ref: list, shared_key: str, shared_ref: list, job: int, image: np.ndarray, options: dict
+    ) -> tuple[Any, int]:
+        """One whole image in this process on one thread (the unit of `explain_each`): explain() with
+        the shared options (sampler, method settings; fetched once per key) updated by the image's own
+        (classes, seed, checkpoint). Returns (result, evaluations in all)."""
         from pda_repro.explain import explain  # noqa: PLC0415
 
         self.setup(recipe_ref)
-        if options_id != getattr(self, "options_id", None):
-            self.options, self.options_id = ray.get(options_ref[0]), options_id
-        return explain(self.net, image, **self.options, workers=1, progress=False)
+        total = [0]
+
+        def report(done: int, all_: int) -> None:
+            total[0] = all_
+            self.image_progress = (-1 - job, done, all_)
+
+        self.image_progress = (-1 - job, 0, 0)
+        try:
+            kwargs = {**self._shared(shared_key, shared_ref), **options}
+            result = explain(self.net, image, **kwargs, workers=1, progress=False, callback=report)
+        finally:
+            self.image_progress = None
+        return result, total[0]
 
 
 class _Pool:
@@ -336,6 +374,19 @@ class _Pool:
         self.actors = [actor.options(**options).remote(threads, niceness) for _ in range(workers)]
         self.pids = ray.get([a.setup.remote([self.recipe_ref]) for a in self.actors])  # nets built
         self.ready_seconds = time.perf_counter() - self.started
+        self.shared: dict[str, Any] = {}  # content key -> object reference (put once per pool)
+        self.shared_bytes = 0  # what share() put into the object store
+
+    def share(self, key: str, value: Any) -> Any:
+        """A reference to `value`, put into Ray's object store once per content key: every task and
+        image of this pool that uses the same sampler sends it once, and each worker fetches it once."""
+        ref = self.shared.get(key)
+        if ref is None:
+            while len(self.shared) >= SHARED_OBJECTS:
+                self.shared.pop(next(iter(self.shared)))
+            ref = self.shared[key] = self.ray.put(value)
+            self.shared_bytes += _nbytes(value)
+        return ref
 
     def kill(self) -> None:
         for actor in self.actors:
@@ -420,7 +471,9 @@ class RayExecutor(ChunkExecutor):
         pool = self._pool(net)
         ray = pool.ray
         retryable = _retryable_errors(ray)
-        task_id, task_ref = uuid.uuid4().hex, ray.put(task)
+        shared_key = "imputation:" + json.dumps(task.imputation.fingerprint(), sort_keys=True)
+        shared_ref = pool.share(shared_key, task.imputation)
+        task_id, task_ref = uuid.uuid4().hex, ray.put(dataclasses.replace(task, imputation=None))
         inference = net.inference
         queue = deque(states)
         reported = {s.chunk: s.done for s in states}  # evaluations of each chunk shown on the bar
@@ -434,7 +487,9 @@ class RayExecutor(ChunkExecutor):
             while queue or inflight:
                 while queue and idle:
                     w, state = idle.pop(0), queue.popleft()
-                    ref = pool.actors[w].run.remote([pool.recipe_ref], task_id, [task_ref], state, inference)
+                    ref = pool.actors[w].run.remote(
+                        [pool.recipe_ref], task_id, [task_ref], shared_key, [shared_ref], state, inference
+                    )
                     inflight[ref] = (w, state)
                 for w, since in list(down.items()):  # ask restarted workers whether they are back
                     if w not in probes.values():
@@ -506,7 +561,7 @@ class RayExecutor(ChunkExecutor):
                 answer = ray.get(ref)
             except Exception:  # noqa: BLE001 - a dying worker answers nothing; its run() will fail
                 continue
-            if answer is not None:
+            if answer is not None and len(answer) == 2:
                 chunk, done = answer
                 if chunk in reported and done > reported[chunk]:
                     sink.advance(done - reported[chunk])
@@ -526,6 +581,144 @@ def _wait_until_back(ray: Any, pool: _Pool, w: int, retryable: tuple) -> bool:
     return False
 
 
+def _nbytes(value: Any) -> int:
+    """Bytes of the arrays in `value` (an object's attributes, a dict's values), roughly what Ray sends."""
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if hasattr(value, "__dict__"):
+        return sum(_nbytes(v) for v in vars(value).values())
+    return 0
+
+
+def _options_key(options: dict) -> str:
+    """Content key of explain() options: the sampler by its fitted parameters, the rest by value."""
+    from pda_repro.methods.windows import object_fingerprint  # noqa: PLC0415
+
+    def describe(value: Any) -> Any:
+        if value is None or isinstance(value, bool | int | float | str):
+            return value
+        if isinstance(value, np.ndarray):
+            return array_fingerprint(value)
+        if isinstance(value, list | tuple):
+            return [describe(v) for v in value]
+        return f"{type(value).__qualname__}:{object_fingerprint(value)}"
+
+    return "options:" + json.dumps({k: describe(v) for k, v in sorted(options.items())}, sort_keys=True)
+
+
+def explain_each(
+    net: Backend,
+    images: Sequence[np.ndarray],
+    shared: dict[str, Any],
+    per_image: Sequence[dict[str, Any]] | None = None,
+    *,
+    workers: int | None = None,
+    cluster: str | None = None,
+    progress: bool = True,
+    description: str = "images",
+    return_errors: bool = False,
+) -> Iterator[tuple[int, Any]]:
+    """Whole images as the work units: (index, explain(net, images[i], **shared, **per_image[i])) in
+    the order they finish, each computed in-process on one thread by a Ray worker (None: one per local
+    core, or the cluster's CPUs/GPUs), so each equals a one-thread in-process explain() of its image.
+
+    `shared` (sampler, method settings) goes into the object store once per pool and content;
+    per_image[i] holds what differs (classes, rng as an int seed, a checkpoint path the worker writes
+    and resumes from, keep_checkpoint). One progress bar over all workers: evaluations done, rate, ETA.
+    A worker that dies has its image rerun on another (from its checkpoint, where the worker can read
+    it); Ctrl-C or an error stops the workers (the checkpoints stay). return_errors: an image whose
+    explain() raised yields (index, the exception) and the others go on."""
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    per_image = list(per_image) if per_image is not None else [{} for _ in images]
+    if len(per_image) != len(images):
+        raise ValueError(f"per_image has {len(per_image)} entries for {len(images)} images")
+    for options in (shared, *per_image):
+        if isinstance(options.get("rng"), np.random.Generator):
+            raise ValueError(
+                "whole-image runs need rng as an int seed or None (a generator cannot be shared)"
+            )
+        if "callback" in options:
+            raise ValueError("whole-image runs take no callback (progress comes from the workers)")
+    executor = RayExecutor(workers=workers, cluster=cluster, device=net.device)
+    pool = executor._pool(net)
+    ray = pool.ray
+    retryable = _retryable_errors(ray)
+    shared_key = _options_key(shared)
+    shared_ref = pool.share(shared_key, shared)
+    queue, inflight, idle = deque(range(len(images))), {}, list(range(len(pool.actors)))
+    retries: dict[int, int] = {}
+    reported: dict[int, int] = {}  # image -> evaluations shown on the bar
+    per_total: list[int] = []  # evaluations of one image (the images share a shape and settings)
+    bar = tqdm(
+        total=None, unit="eval", desc=description, disable=not progress, leave=False, dynamic_ncols=True
+    )
+
+    def show(image: int, done: int, total: int) -> None:
+        if total and not per_total:
+            per_total.append(total)
+            bar.total = total * len(images)
+            bar.refresh()
+        if done > reported.get(image, 0):
+            bar.update(done - reported.get(image, 0))
+            reported[image] = done
+
+    last_poll = time.perf_counter()
+    try:
+        while queue or inflight:
+            while queue and idle:
+                w, i = idle.pop(0), queue.popleft()
+                ref = pool.actors[w].explain.remote(
+                    [pool.recipe_ref], shared_key, [shared_ref], i, images[i], per_image[i]
+                )
+                inflight[ref] = (w, i)
+            if not inflight:
+                raise RuntimeError("every Ray worker failed and none came back; no worker is left")
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=executor.poll_seconds)
+            for ref in ready:
+                w, i = inflight.pop(ref)
+                try:
+                    result, total = ray.get(ref)
+                except retryable as exc:
+                    retries[i] = retries.get(i, 0) + 1
+                    if retries[i] > MAX_CHUNK_RETRIES:
+                        raise RuntimeError(
+                            f"image {i}: {retries[i]} workers died explaining it ({_one_line(exc)})"
+                        ) from None
+                    bar.update(-reported.pop(i, 0))  # it starts again (from its checkpoint, if any)
+                    queue.appendleft(i)
+                    if not _wait_until_back(ray, pool, w, retryable):
+                        continue  # gone for good: the others go on
+                except ray.exceptions.RayTaskError as exc:
+                    if not return_errors:
+                        raise exc.as_instanceof_cause() from None
+                    idle.append(w)
+                    cause = getattr(exc, "cause", None)  # the exception explain() raised on the worker
+                    yield i, cause if isinstance(cause, BaseException) else exc.as_instanceof_cause()
+                    continue
+                else:
+                    show(i, total, total)
+                    yield i, result
+                idle.append(w)
+            now = time.perf_counter()
+            if inflight and progress and now - last_poll >= executor.poll_seconds:
+                last_poll = now
+                refs = [pool.actors[w].progress.remote() for w, _ in list(inflight.values())[:POLL_ACTORS]]
+                for answer in ray.get(
+                    ray.wait(refs, num_returns=len(refs), timeout=executor.poll_seconds)[0]
+                ):
+                    if answer is not None and len(answer) == 3:
+                        show(-1 - answer[0], answer[1], answer[2])
+    except BaseException:
+        pool.kill()
+        _POOLS.clear()
+        raise
+    finally:
+        bar.close()
+
+
 def explain_many(
     net: Backend,
     images: list[np.ndarray],
@@ -535,60 +728,16 @@ def explain_many(
     progress: bool = True,
     **options: Any,
 ) -> list[Any]:
-    """explain(net, image, **options) for every image, whole images as the work units: each Ray
-    worker (None: one per local core, or the cluster's CPUs/GPUs) explains images in-process on one
-    thread; the results come back in the order of `images`, each equal to a one-thread in-process
-    explain() of that image. For many images on many workers (one image has only ~19 chunks).
-    `rng` must be an int seed or None (every image gets a generator from it, as the CLI does); a
-    worker that dies has its image rerun on another."""
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
+    """explain(net, image, **options) for every image (whole images as the work units, see
+    explain_each); the results in the order of `images`. `rng` must be an int seed or None (every
+    image gets a generator from it, as the CLI does)."""
     if isinstance(options.get("rng"), np.random.Generator):
         raise ValueError("explain_many needs rng as an int seed or None (each image gets its own generator)")
     if "checkpoint" in options or "callback" in options:
         raise ValueError("explain_many takes no checkpoint or callback (per-image runs on the workers)")
-    executor = RayExecutor(workers=workers, cluster=cluster, device=net.device)
-    pool = executor._pool(net)
-    ray = pool.ray
-    retryable = _retryable_errors(ray)
-    options_id, options_ref = uuid.uuid4().hex, ray.put(options)
     results: list[Any] = [None] * len(images)
-    queue, inflight, idle = deque(range(len(images))), {}, list(range(len(pool.actors)))
-    retries: dict[int, int] = {}
-    bar = tqdm(total=len(images), unit="image", disable=not progress, leave=False)
-    try:
-        while queue or inflight:
-            while queue and idle:
-                w, i = idle.pop(0), queue.popleft()
-                ref = pool.actors[w].explain.remote([pool.recipe_ref], options_id, [options_ref], images[i])
-                inflight[ref] = (w, i)
-            if not inflight:
-                raise RuntimeError("every Ray worker failed and none came back; no worker is left")
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            for ref in ready:
-                w, i = inflight.pop(ref)
-                try:
-                    results[i] = ray.get(ref)
-                except retryable as exc:
-                    retries[i] = retries.get(i, 0) + 1
-                    if retries[i] > MAX_CHUNK_RETRIES:
-                        raise RuntimeError(
-                            f"image {i}: {retries[i]} workers died explaining it ({_one_line(exc)})"
-                        ) from None
-                    queue.appendleft(i)
-                    if not _wait_until_back(ray, pool, w, retryable):
-                        continue  # gone for good: the others go on
-                except ray.exceptions.RayTaskError as exc:
-                    raise exc.as_instanceof_cause() from None
-                else:
-                    bar.update(1)
-                idle.append(w)
-    except BaseException:
-        pool.kill()
-        _POOLS.clear()
-        raise
-    finally:
-        bar.close()
+    for i, result in explain_each(net, images, options, workers=workers, cluster=cluster, progress=progress):
+        results[i] = result
     return results
 
 

@@ -292,3 +292,134 @@ def test_explain_many_whole_images_equal_serial(mnist):
         np.testing.assert_array_equal(res.maps, explain(net, digit, progress=False, **args).maps)
     with pytest.raises(ValueError, match="int seed"):
         parallel.explain_many(net, list(digits), **{**args, "rng": np.random.default_rng(0)})
+
+
+def _digit_pngs(folder: Path, first: int, count: int) -> list[Path]:
+    from PIL import Image
+
+    from pda_repro.data import mnist as mnist_data
+
+    images, _ = mnist_data("test")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(first, first + count):
+        paths.append(folder / f"digit{i}.png")
+        Image.fromarray(images[i]).save(paths[-1])
+    return paths
+
+
+CLI_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+CLI_ENV.pop("RAY_ADDRESS", None)
+
+
+def _cli_pda(paths: list[Path], out: Path, cache: Path, *extra: str, samples: int = 10) -> list[str]:
+    return [*CLI, "explain", *map(str, paths), "--model", "mnist", "--method", "pda", "--window", "4",
+            "--outer", "8", "--samples", str(samples), "--class", "3", "--no-progress",
+            "--sampler-cache", str(cache), "--out", str(out), *extra]  # fmt: skip
+
+
+def test_cli_several_images_whole_images_on_the_workers_equal_serial(tmp_path):
+    """3 images on 2 workers: two as whole-image units (one per worker), the third with its windows
+    spread over both; every map equals the one-worker run's bitwise."""
+    paths = _digit_pngs(tmp_path / "in", 10, 3)
+    runs = {}
+    for name, workers in (("serial", "1"), ("two", "2")):
+        cmd = _cli_pda(paths, tmp_path / name, tmp_path / "cache", "--workers", workers)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=CLI_ENV)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count(" -> ") == 3, proc.stdout
+        runs[name] = tmp_path / name
+    executors = []
+    for path in paths:
+        params = json.loads((runs["two"] / f"{path.stem}.json").read_text())["params"]
+        executors.append((params["executor"], params["workers"]))
+        with (
+            np.load(runs["serial"] / f"{path.stem}.npz") as a,
+            np.load(runs["two"] / f"{path.stem}.npz") as b,
+        ):
+            np.testing.assert_array_equal(a["maps"], b["maps"])
+    assert sorted(executors) == [("ray", 2), ("ray-images", 2), ("ray-images", 2)], executors
+    assert not (runs["two"] / ".checkpoints").exists()  # every checkpoint removed with its results
+
+
+def test_cli_whole_images_driver_sigkill_then_rerun_resumes(tmp_path):
+    """Whole-image units write their checkpoints in --out: the driver killed with SIGKILL once a
+    checkpoint exists, the same command again resumes from it and the maps equal the serial run's."""
+    paths = _digit_pngs(tmp_path / "in", 20, 2)
+    cache = tmp_path / "cache"
+    serial = subprocess.run(_cli_pda(paths, tmp_path / "serial", cache, "--workers", "1", samples=60),
+                            capture_output=True, text=True, timeout=300, cwd=REPO, env=CLI_ENV)  # fmt: skip
+    assert serial.returncode == 0, serial.stderr[-3000:]
+    out = tmp_path / "two"
+    cmd = _cli_pda(paths, out, cache, "--workers", "2", "--checkpoint-seconds", "0.5", samples=60)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=CLI_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not list(out.glob(".checkpoints/*.npz")):
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before a checkpoint was written"
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert list(out.glob(".checkpoints/*.npz")) and not list(out.glob("*.json"))
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=CLI_ENV)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = []
+    for path in paths:
+        resumed.append(json.loads((out / f"{path.stem}.json").read_text())["params"]["resumed_evaluations"])
+        with np.load(tmp_path / "serial" / f"{path.stem}.npz") as a, np.load(out / f"{path.stem}.npz") as b:
+            np.testing.assert_array_equal(a["maps"], b["maps"])
+    assert max(resumed) > 0, resumed
+
+
+def test_the_sampler_goes_to_the_object_store_once(mnist, mnist_serial):
+    """Two runs with one sampler on one pool: the sampler is put once (the tasks travel without it),
+    and both maps equal the serial one."""
+    import pickle
+
+    net, x, gauss = mnist
+    executor = parallel.RayExecutor(workers=2)
+    res = explain(net, x, sampler=gauss, workers=executor, **MNIST_PDA)
+    pool = executor.pool
+    keys, sent = set(pool.shared), pool.shared_bytes
+    mine = [k for k in keys if k.startswith("imputation:") and windows.object_fingerprint(gauss) in k]
+    assert len(mine) == 1, keys
+    res2 = explain(net, x, sampler=gauss, workers=executor, **MNIST_PDA)
+    assert executor.pool is pool and set(pool.shared) == keys and pool.shared_bytes == sent  # not again
+    for r in (res, res2):
+        np.testing.assert_array_equal(r.maps, mnist_serial.maps)
+    sampler_bytes = parallel._nbytes(gauss)
+    task = windows.WindowTask(x, 4, np.arange(625), np.arange(625), None, np.array([7]), 4, 0, 256)
+    assert len(pickle.dumps(task)) < sampler_bytes / 2  # what each task sends without its sampler
+
+
+def test_the_parallel_readme_block_is_built_from_the_data(tmp_path):
+    """The README's numbers come from parallel.csv/.json: ratios computed from the seconds there, the
+    target verdict from them, the block between the markers replaced and the rest kept."""
+    from pda_repro.bench.parallel_report import PARALLEL_BLOCK, update_parallel_readme
+    from pda_repro.bench.results import atomic_write_csv, atomic_write_json
+
+    env = tmp_path / "results" / "cpu-test"
+    common = dict(method="epda", k=10, l=18, S=1, stride=1, batch=16, backend="torch", device="cpu",
+                  windows=100, chunk_windows=10, rounds=2, load_1min_at_rounds="1.0 1.1")  # fmt: skip
+    rows = [
+        dict(model="m", config="1proc_2threads", inference="incremental", executor="in-process", workers=1,
+             threads_per_process=2, seconds_median=10.0, full_image_s_extrapolated=1000.0, **common),
+        dict(model="m", config="1proc_1thread", inference="incremental", executor="in-process", workers=1,
+             threads_per_process=1, seconds_median=16.0, full_image_s_extrapolated=1600.0, **common),
+        dict(model="m", config="ray_2workers", inference="incremental", executor="ray", workers=2,
+             threads_per_process=1, seconds_median=5.0, full_image_s_extrapolated=520.0, **common),
+        dict(model="m", config="before", inference="full", executor="in-process", workers=1,
+             threads_per_process=2, seconds_median=40.0, full_image_s_extrapolated=2080.0, **{**common, "batch": 4}),
+    ]  # fmt: skip
+    atomic_write_csv(env / "parallel.csv", rows)
+    atomic_write_json(env / "parallel.json", {"machine_scaling": {"throughput_vs_1proc_1thread": {
+        "2procs_1thread": 1.9, "1proc_2threads": 1.5}}})  # fmt: skip
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{PARALLEL_BLOCK[0]}\nold\n{PARALLEL_BLOCK[1]}\noutro\n")
+    assert update_parallel_readme(readme, tmp_path / "results") == readme
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    assert "| m | 100 windows, stride 1, 2 rounds | 10.0 s | 16.0 s | 5.0 s | 2.00× | 3.20× |" in text
+    assert "m 2.00× — met." in text  # 10 s / 5 s against the 1.6× target
+    assert "1.27×" in text  # 1.9 / 1.5: what workers can gain over threads on that machine
+    assert "2080 s; now 520 s" in text and "4.00× (target 3×, met)" in text
+    assert update_parallel_readme(tmp_path / "plain.md", tmp_path / "results") is None

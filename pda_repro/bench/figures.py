@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pda_repro.bench.parallel_report import parallel_section
 from pda_repro.bench.results import RESULTS_DIR, atomic_write_bytes, atomic_write_text, envs, weights_slug
 
 PAPER = {
@@ -880,117 +881,6 @@ def _batch_section(env_dir: Path) -> list[str]:
     ]
 
 
-def _parallel_section(env_dir: Path) -> list[str]:
-    """Ray workers vs one process (benchmarks/bench_parallel.py), start-up, memory and the projection."""
-    data = _read(env_dir, "parallel")
-    if data.empty:
-        return []
-    meta = _meta(env_dir, "parallel")
-    rows = [
-        [
-            r["model"],
-            r["config"],
-            r["inference"],
-            r["executor"],
-            int(r["workers"]),
-            int(r["threads_per_process"]),
-            f"{r['seconds_median']:.1f}",
-            f"{r['windows_per_s']:.2f}",
-            f"{r['throughput_vs_1proc_2threads']:.2f}×",
-            f"{r['full_image_s_extrapolated'] / 60:.1f}",
-            str(r["load_1min_at_rounds"]),
-        ]  # fmt: skip
-        for _, r in data.iterrows()
-    ]
-    first = data.iloc[0]
-    sizes = data.drop_duplicates("model")
-    windows_text = " / ".join(f"{int(r['windows'])} ({r['model']})" for _, r in sizes.iterrows())
-    chunk_text = " / ".join(str(int(c)) for c in sizes["chunk_windows"])
-    lines = [
-        "### Parallel runs (Ray) on this CPU",
-        "",
-        f"Efficient PDA (k={first['k']}, l={first['l']}, stride {first['stride']}, batch {first['batch']}, top class) on "
-        f"{windows_text} evenly spread windows in chunks of {chunk_text}, median of "
-        f"{int(first['rounds'])} interleaved rounds (benchmarks/bench_parallel.py); 'full image' extrapolates to "
-        "46,225 windows (Ray start-up added once). The machine was shared: the 1-minute load at each round is listed.",
-        "",
-        _md_table(
-            [
-                "model",
-                "config",
-                "inference",
-                "executor",
-                "workers",
-                "threads",
-                "s",
-                "windows/s",
-                "vs 1 process, 2 threads",
-                "full image, min",
-                "load",
-            ],  # fmt: skip
-            rows,
-        ),
-    ]
-    startup, memory = meta.get("startup", {}), meta.get("memory", {})
-    for model, s in startup.items():
-        m = memory.get(model, {})
-        workers = m.get("worker_rss_bytes") or []
-        lines.append(
-            f"\n- {model}: Ray start-up {s['ray_init_s']:.1f} s (embedded `ray.init`) + {s['actors_ready_s']:.1f} s "
-            f"(actors with the net built); worker memory {', '.join(f'{w / 2**20:.0f}' for w in workers)} MiB; "
-            f"Ray's own processes {m.get('ray_system_rss_bytes', 0) / 2**20:.0f} MiB; the net in the object store "
-            f"{m.get('object_store_bytes_for_the_net', 0) / 2**20:.1f} MiB"
-        )
-    for model, c in meta.get("chunks", {}).items():
-        lines.append(
-            f"- {model}: {c['compute_s_per_window'] * 1000:.0f} ms of worker compute per window; a chunk's result is "
-            f"{c['bytes_back_per_window_per_class']} bytes per window and class (+ ~{c['bytes_back_per_chunk_1_class'] - 8 * c['chunk_windows']} bytes)"
-        )
-    be = meta.get("break_even", {})
-    if be:
-        lines.append(
-            f"- break-even of `--workers auto`: Ray pays for serial runs over "
-            f"{_fmt_cell(be.get('serial_seconds_where_ray_pays'))} s (vs 2 threads) / "
-            f"{_fmt_cell(be.get('serial_seconds_where_ray_pays_vs_1thread'))} s (vs 1 thread); the threshold used is "
-            f"{_fmt_cell(be.get('auto_threshold_s'))} s"
-        )
-    proj, drv = meta.get("projection", {}), meta.get("driver", {})
-    if proj:
-        lines += [
-            "",
-            "**Projection, not a measurement** — from the measured per-chunk compute time (default chunks of 2,560 "
-            f"windows), the driver's measured cost per chunk (Ray round trip {drv.get('ray_round_trip_s_per_chunk', 0) * 1000:.1f} ms, "
-            f"placing + checkpoint {drv.get('place_and_checkpoint_s_per_chunk', 0) * 1000:.1f} ms) and its progress "
-            "polling (2 round trips per second to each of up to 16 workers). One image has "
-            f"{drv.get('chunks_per_image_default')} chunks, so more workers than that need several images at once "
-            "(`parallel.explain_many`); each image's task (image, corners, sampler) goes once to every node "
-            f"({max((c.get('bytes_task_per_image', 0) for c in meta.get('chunks', {}).values()), default=0) / 2**20:.0f} MiB "
-            "here).",
-            "",
-        ]
-        prow = []
-        for model, p in proj.items():
-            for r in p["rows"]:
-                prow.append([model, r["workers"], f"{r['expected_speedup']:.0f}×", r["limited_by"],
-                             f"{r['one_image_speedup']:.0f}×", f"{r['result_traffic_bytes_per_s'] / 1e6:.2f} MB/s"])  # fmt: skip
-        lines.append(
-            _md_table(
-                ["model", "workers", "many images", "limited by", "one image", "results to the driver"],
-                prow,
-            )
-        )
-        for model, p in proj.items():
-            lines.append(
-                f"\n- {model}: a chunk computes for {p['chunk_compute_s']:.0f} s on one worker; the driver saturates "
-                f"at ~{p['driver_saturates_at_workers']:.0f} workers"
-            )
-    lines += [
-        f"\nData: [parallel.csv]({env_dir.name}/parallel.csv), [parallel.json]({env_dir.name}/parallel.json)",
-        "",
-    ]
-    return lines
-
-
 def _fmt_cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -1151,7 +1041,7 @@ def write_readme(
         parts += _incremental_section(env_dir)
         parts += _sampling_section(env_dir)
         parts += _batch_section(env_dir)
-        parts += _parallel_section(env_dir)
+        parts += parallel_section(env_dir)
         parts += _approx_section(env_dir)
         parts += _faithfulness_section(env_dir)
         mine = sorted(

@@ -340,6 +340,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def replace_generated_block(path: str | Path, markers: tuple[str, str], body: str) -> Path | None:
+    """Rewrite the text between a file's two marker lines (a block `make figures` generates) with
+    `body`; None (nothing written) when the file lacks either marker."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    start, end = markers
+    if start not in text or end not in text:
+        return None
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return atomic_write_text(path, f"{head}{start}\n{body.rstrip()}\n{end}{tail}")
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
