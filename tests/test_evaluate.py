@@ -483,9 +483,25 @@ def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatc
     monkeypatch.setattr(fx, "_cache_dir", lambda: tmp_path / "cache")
     store = ResultStore(tmp_path / "results", "test-env")
     ctx = BenchContext(store=store)
+    # `warm` fills the caches (every map and metric evaluation, each once); the cells then only read them
+    ran = fx.warm(ctx, "mnist", say=lambda m: None)
+    st = fx._STATES[(id(ctx), "mnist", "torch")]
+    assert ran == len(fx.warm_tasks(st)) and st.cpu_seconds > 0
+    computed = st.cpu_seconds
+    assert not list((tmp_path / "cache" / "mnist" / "locks").iterdir())
     report = run_cells(ctx, fx.cells(ctx, ["mnist"], ["torch"]), show_progress=False)
     assert len(report.written) == 3 and not report.not_run
+    assert st.cpu_seconds == computed  # no map made twice
     faith, agree = store.read("faithfulness"), store.read("agreement")
+    # a cached evaluation is the one evaluate_map gives on that map now
+    from pda_repro.evaluate import evaluate_map
+
+    x, m = st.images[0][1], st.get("epda", 0)[0]
+    direct, _ = evaluate_map(st.net, x, m, st.classes[0], plan.window, st.sampler("marginal"), fills=plan.fills,
+                             steps=plan.steps, fc_runs=plan.fc_runs, rng=np.random.default_rng([ctx.seed, 7, 0]))  # fmt: skip
+    row = faith[faith["map"] == "epda"].iloc[0]
+    for metric in ("deletion_auc_mean", "insertion_auc_zeros", "road_lerf_auc", "faithfulness_correlation"):
+        assert row[metric] == pytest.approx(direct[metric], abs=1e-6)
     assert sorted(faith["map"].unique()) == sorted(plan.evaluate) and len(faith) == 5
     for column in ("window", "samples", "stride", "sampler", "seed", "inference", "block", "cpu", "profile"):
         assert column in faith.columns
@@ -505,3 +521,67 @@ def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatc
     text = write_readme(tmp_path / "results", pngs).read_text()
     assert "#### mnist: ranking (1 images" in text and "PDA vs PDA with another seed" in text
     assert "Model-randomisation sanity check" in text
+
+
+def test_stride_choice_takes_the_largest_stride_every_model_keeps():
+    from pda_repro.evaluate.summary import stride_choice
+
+    def rows(model, stride, values):
+        return [{"model": model, "comparison": f"epda_stride1_vs_stride{stride}", "image": i, "spearman": v}
+                for i, v in enumerate(values)]  # fmt: skip
+
+    agree = pd.DataFrame(
+        rows("a", 2, [0.95, 0.96, 0.97]) + rows("a", 4, [0.70, 0.75, 0.80])
+        + rows("b", 2, [0.93, 0.94, 0.95, 0.96]) + rows("b", 4, [0.91, 0.92, 0.93])
+        + [{"model": "b", "comparison": "pda_vs_epda", "image": 0, "spearman": 0.99}]
+    )  # fmt: skip
+    table, choice = stride_choice(agree, threshold=0.9, min_images=3)
+    assert choice == 2  # model a loses stride 4
+    kept = {(r.model, r.stride): r.kept for r in table.itertuples()}
+    assert kept == {("a", 2): True, ("a", 4): False, ("b", 2): True, ("b", 4): True}
+    assert table.loc[
+        (table["model"] == "b") & (table["stride"] == 2), "spearman_mean"
+    ].item() == pytest.approx(0.945)
+    # stride 4 only measured on b, where it keeps: 4
+    _, choice = stride_choice(
+        agree[~((agree["model"] == "a") & agree["comparison"].str.endswith("4"))], 0.9, 3
+    )
+    assert choice == 4
+    # too few images: not kept, whatever the values
+    _, choice = stride_choice(pd.DataFrame(rows("a", 2, [0.99, 0.99])), 0.9, 3)
+    assert choice == 1
+    # the interval's lower end decides, not the mean: mean 0.91, values spread around it
+    table, choice = stride_choice(pd.DataFrame(rows("a", 2, [0.99, 0.83, 0.99, 0.83])), 0.9, 3)
+    assert table["spearman_mean"].item() == pytest.approx(0.91) and table["spearman_low"].item() < 0.9
+    assert choice == 1
+    assert stride_choice(agree.iloc[:0], 0.9, 3)[1] == 1
+
+
+def test_ranking_groups_rank_maps_on_the_images_they_share():
+    from pda_repro.bench.figures import ranking_groups
+
+    frame = pd.DataFrame(
+        [{"map": "all", "image": i} for i in range(6)] + [{"map": "few", "image": i} for i in (0, 1)]
+        + [{"map": "also_all", "image": i} for i in range(6)]
+    )  # fmt: skip
+    groups = ranking_groups(frame)
+    assert [len(images) for images, _ in groups] == [6, 2]
+    assert set(groups[0][1]["map"]) == {"all", "also_all"} and len(groups[0][1]) == 12
+    assert set(groups[1][1]["map"]) == {"all", "also_all", "few"} and set(groups[1][1]["image"]) == {0, 1}
+
+
+def test_warm_locks_are_taken_over_only_from_a_dead_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from pda_repro.bench.faithfulness import _claim
+
+    lock = tmp_path / "locks" / "map-x.lock"
+    assert _claim(lock) and lock.read_text() == str(os.getpid())
+    assert not _claim(lock)  # held by a live process (this one)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    lock.write_text(done.stdout.strip())  # a process that has exited
+    assert _claim(lock) and lock.read_text() == str(os.getpid())

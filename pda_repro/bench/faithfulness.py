@@ -17,10 +17,18 @@ Per model (mnist, efficientnet_lite0) three cells, each written as soon as it is
 * faithfulness_randomisation: the model-randomisation sanity check (top layer / all layers re-drawn) for the
   plan's methods.
 
-The explained class is the net's predicted class. Maps are cached in ~/.cache/pda-repro/faithfulness/ (a rerun
-reuses them). `--profile quick` (the default) is the reduced plan that fits a shared 2-core CPU, `paper` the
-issue's full plan (all 27 photos, efficient PDA at stride 1); every row says which plan, stride, S, seed and
-sampler made its map, and each JSON cell stores the CPU seconds.
+The explained class is the net's predicted class. Maps and metric evaluations are cached in
+~/.cache/pda-repro/faithfulness/ (a rerun reuses them; a window map that is interrupted resumes from its
+checkpoint there). `--profile quick` (the default) is the reduced plan: MNIST's 100 digits with every method,
+and on EfficientNet-Lite0 all real photos with the cheap maps and efficient PDA at stride 5, the costly ones
+(PDA, strides 1, 2 and 4) on the Fig 14 photos; `paper` is the issue's full plan (efficient PDA at stride 1 on
+every photo). Every row says which plan, stride, S, seed and sampler made its map; each agreement JSON cell
+lists every map (`notes.maps`, built from the plan) and the CPU seconds of each computed one.
+
+Several processes can share the work before the cells run (each claims a task with a lock file):
+
+    nice -n 19 python -m pda_repro.bench.faithfulness warm --model efficientnet_lite0 &   # one per core
+    make benchmark EXPERIMENTS=faithfulness                                               # reads the caches
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ CURVES = "faithfulness_curves"
 CONTROLS = ("random", "constant")
 THRESHOLD = 0.5  # randomisation: the map "changed" when |Spearman| with the trained map is below this
 QUALITATIVE = REPO_ROOT / "results" / "qualitative"
+FIG14_PHOTOS = ("coffee", "orange", "squirrel_cls", "baboon", "messi5")  # the photos of Figs 14-16 and 19
 
 
 @dataclass(frozen=True)
@@ -79,8 +88,16 @@ class Plan:
     randomise: tuple[tuple[str, int | None], ...]  # (run key, first n images or None)
     steps: int | None = 20
     fc_runs: int = 30
+    fills: tuple[str, ...] = (
+        "mean",
+        "blur",
+        "zeros",
+    )  # deletion / insertion fills (the first one: correlation)
     qualitative_set: str | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    # `warm` runs the maps (and their metrics) of these (run key, first n images or None) first, in this
+    # order, then everything else cheapest first
+    warm_first: tuple[tuple[str, int | None], ...] = ()
 
     def run(self, key: str) -> MapRun:
         for r in self.runs:
@@ -101,16 +118,18 @@ def _mnist_images(count: int) -> Callable[[Any], list[tuple[str, np.ndarray]]]:
     return images
 
 
-def _photo_images(names: Sequence[str] | None) -> Callable[[Any], list[tuple[str, np.ndarray]]]:
+def _photo_images(
+    names: Sequence[str] | None, first: Sequence[str] = ()
+) -> Callable[[Any], list[tuple[str, np.ndarray]]]:
+    """The photos `names` (None: every real photo, those of `first` first, the rest in photo_paths order)."""
+
     def images(spec: Any) -> list[tuple[str, np.ndarray]]:
-        from pda_repro.bench.inputs import photo_inputs
         from pda_repro.data import photo_paths
         from pda_repro.preprocess import load_image
 
-        if names is None:
-            return photo_inputs(spec)
         paths = photo_paths()
-        return [(n, load_image(paths[n], spec).x) for n in names]
+        order = list(names) if names is not None else [*first, *(n for n in paths if n not in first)]
+        return [(n, load_image(paths[n], spec).x) for n in order]
 
     return images
 
@@ -227,22 +246,25 @@ def _lite0_plan(profile: str) -> Plan:
         return Plan("efficientnet_lite0", profile, 10, 18, 10, 4, _photo_images(None),
                     "all real photos (scikit-image, matplotlib, opencv-doc)", runs, evaluate, pairs,
                     randomise)  # fmt: skip
-    # quick: the five Fig 14 photos; maps the qualitative figures already computed are read, not recomputed
+    # quick: all 27 photos (the five Fig 14 photos first, so `images=5` are they); maps the qualitative
+    # figures already computed are read (on the Fig 14 photos), the others computed at the stride named
+    f5 = len(FIG14_PHOTOS)
     runs = (
-        MapRun("pda_s5", "pda", 5, 0, c, reuse="pda"),
+        MapRun("pda_s5", "pda", 5, 0, c, reuse="pda", images=f5),
         MapRun("epda_s5", "epda", 5, 0, c, reuse="epda"),
-        MapRun("epda", "epda", 1, 0, c, reuse="epda_full"),
-        MapRun("epda_sampled_s5", "epda_sampled", 5, 0, c, reuse="epda_sampled"),
+        MapRun("epda", "epda", 1, 0, c, reuse="epda_full", images=f5),
+        MapRun("epda_sampled_s5", "epda_sampled", 5, 0, c, reuse="epda_sampled", images=f5),
         MapRun("simplified", "simplified", 1, 0, c, reuse="simplified_full"),
-        MapRun("occlusion_s5", "occlusion", 5, reuse="occlusion"),
+        MapRun("occlusion_s5", "occlusion", 5, reuse="occlusion", images=f5),
+        MapRun("occlusion_s10", "occlusion", 10),
         MapRun("saliency", "saliency", reuse="saliency"),
         MapRun("gradient_x_input", "gradient_x_input", reuse="gradient_x_input"),
         MapRun("gradcam", "gradcam", reuse="gradcam"),
-        MapRun("epda_s2", "epda", 2, 0, c, images=1),
-        MapRun("epda_s4", "epda", 4, 0, c, images=2),
-        MapRun("pda_s10", "pda", 10, 0, c, images=1),
-        MapRun("pda_s10_seed1", "pda", 10, 1, c, images=1),
-        MapRun("epda_s10", "epda", 10, 0, c, images=1),
+        MapRun("epda_s2", "epda", 2, 0, c, images=f5),
+        MapRun("epda_s4", "epda", 4, 0, c, images=f5),
+        MapRun("pda_s10", "pda", 10, 0, c, images=f5),
+        MapRun("pda_s10_seed1", "pda", 10, 1, c, images=f5),
+        MapRun("epda_s10", "epda", 10, 0, c, images=f5),
         MapRun("epda_s5_shift", "epda", 5, 0, "conditional_shift", images=2),
         MapRun("random", "random"),
         MapRun("constant", "constant"),
@@ -258,19 +280,21 @@ def _lite0_plan(profile: str) -> Plan:
         ("epda_stride1_vs_stride4", "epda", "epda_s4"),
         ("epda_stride1_vs_stride5", "epda", "epda_s5"),
         ("epda_stride1_vs_stride10", "epda", "epda_s10"),
+        ("epda_stride5_vs_stride10", "epda_s5", "epda_s10"),
         ("border_clip_vs_shift", "epda_s5", "epda_s5_shift"),
         ("control_pda_vs_random", "pda_s5", "random"),
         ("control_pda_vs_constant", "pda_s5", "constant"),
         ("control_epda_vs_random", "epda", "random"),
+        ("control_epda_vs_random", "epda_s5", "random"),
     )
-    evaluate = ("pda_s5", "epda_s5", "epda", "epda_sampled_s5", "simplified", "occlusion_s5", "saliency",
-                "gradient_x_input", "gradcam", "random", "constant")  # fmt: skip
+    evaluate = ("pda_s5", "pda_s10", "epda_s5", "epda", "epda_s2", "epda_s10", "epda_sampled_s5", "simplified",
+                "occlusion_s5", "occlusion_s10", "saliency", "gradient_x_input", "gradcam", "random", "constant")  # fmt: skip
     randomise = (
         ("saliency", None),
         ("gradient_x_input", None),
         ("gradcam", None),
         ("simplified", None),
-        ("epda_s10", 1),
+        ("epda_s10", f5),
         ("random", None),
         ("constant", None),
     )
@@ -281,20 +305,29 @@ def _lite0_plan(profile: str) -> Plan:
         outer=18,
         samples=10,
         batch=4,
-        images=_photo_images(("coffee", "orange", "squirrel_cls", "baboon", "messi5")),
-        image_note="the five Fig 14 photos (coffee, orange, squirrel_cls, baboon, messi5)",
+        images=_photo_images(None, first=FIG14_PHOTOS),
+        image_note=f"all real photos, the {f5} Fig 14 photos ({', '.join(FIG14_PHOTOS)}) first",
         runs=runs,
         evaluate=evaluate,
         pairs=pairs,
         randomise=randomise,
+        fills=("mean",),
         qualitative_set="efficientnet_lite0",
         notes={
-            "scale": "reduced to fit a shared 2-core CPU (~36 ms per EfficientNet-Lite0 forward): 5 of the 27 "
-            "photos; PDA at stride 5 (maps of the Fig 14 run) and at stride 10 with two seeds on coffee only; "
-            "efficient PDA at stride 1 and 5 (Fig 14/19 maps), stride 4 on coffee and orange, stride 10 on "
-            "coffee, stride 2 on coffee; border shift at stride 5 on coffee and orange. Not run: PDA "
-            "at stride 1 (462,250 forward passes per photo), the other 22 photos",
+            "scale": "reduced plan: each map at the stride and on the images its entry under `maps` names"
         },
+        # the noise floor (both seeds, photo by photo) and strides 2 and 4 on three photos, all photos at stride 5,
+        # then the rest
+        warm_first=(
+            *((k, n) for n in range(1, 4) for k in ("pda_s10", "pda_s10_seed1")),
+            ("epda_s10", None),
+            ("epda_s2", 3),
+            ("epda_s4", 3),
+            ("epda_s5", None),
+            *((k, n) for n in range(4, f5 + 1) for k in ("pda_s10", "pda_s10_seed1")),
+            ("epda_s4", None),
+            ("epda_s2", None),
+        ),  # fmt: skip
     )
 
 
@@ -326,6 +359,7 @@ class _State:
     classes: list[int] = field(default_factory=list)
     samplers: dict[str, Any] = field(default_factory=dict)
     maps: dict[tuple[str, str], tuple[np.ndarray, dict]] = field(default_factory=dict)
+    fills: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # image name -> fill -> image
     cpu_seconds: float = 0.0
 
     def load(self) -> None:
@@ -403,19 +437,20 @@ class _State:
             from pda_repro.evaluate import constant_map
 
             out = (constant_map((h, w)), {"source": "control: all pixels 0", "cpu_seconds": 0.0})
-        elif run.reuse is not None:
+        elif run.reuse is not None and self._reuse_path(run, name).is_file():
             out = self._reuse(run, name, cls)
         else:
             out = self._compute(run, name, x, cls)
         self.maps[(key, name)] = out
         return out
 
+    def _reuse_path(self, run: MapRun, name: str) -> Path:
+        return QUALITATIVE / str(self.plan.qualitative_set) / name / f"{run.reuse}.npz"
+
     def _reuse(self, run: MapRun, name: str, cls: int) -> tuple[np.ndarray, dict]:
-        path = QUALITATIVE / str(self.plan.qualitative_set) / name / f"{run.reuse}.npz"
-        if not path.is_file():
-            raise CellSkipped(
-                f"{path} is missing (run `python -m pda_repro.bench.qualitative compute` first)"
-            )
+        """The qualitative figures' map of this run (same method, stride, class); a photo those figures do not
+        show has its map computed with the run's settings instead (map_source says which)."""
+        path = self._reuse_path(run, name)
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
             m = np.asarray(f["map"], dtype=np.float32)
@@ -432,18 +467,22 @@ class _State:
     def _compute(self, run: MapRun, name: str, x: np.ndarray, cls: int) -> tuple[np.ndarray, dict]:
         from pda_repro.explain import explain
 
-        request = {"model": self.plan.model, "image": name, "class": cls, "run": run.key,
-                   **self.settings(run), "backend": self.backend, "weights": self.ctx.weights_for(self.plan.model)[1],
-                   "root_seed": self.ctx.seed}  # fmt: skip
-        digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
-        path = _cache_dir() / self.plan.model / name / f"{run.key}-{digest}.npz"
+        request = self.request(run, name, cls)
+        path = self.map_path(run, name, cls)
         if path.is_file():
             with np.load(path, allow_pickle=False) as f:
                 return np.asarray(f["map"], dtype=np.float32), json.loads(str(f["meta"]))
+        from pda_repro.methods import METHODS
+
         words = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
         kwargs = {"window": self.plan.window, "outer": self.plan.outer, "samples": self.plan.samples}
         if run.stride is not None:
             kwargs["stride"] = run.stride
+        # window methods keep their running sums in a checkpoint beside the map: an interrupted map resumes
+        ckpt = path.with_name(path.stem + ".checkpoint.npz") if METHODS[run.method].checkpointable else None
+        if ckpt is not None:
+            kwargs.update(checkpoint=ckpt, keep_checkpoint=True)
+        resumed = ckpt is not None and ckpt.is_file()  # cpu_seconds then counts only the resumed part
         t0 = time.process_time()
         res = explain(
             self.net, x, method=run.method, sampler=self.sampler(run.sampler), classes=[cls],
@@ -452,9 +491,25 @@ class _State:
         cpu = time.process_time() - t0
         self.cpu_seconds += cpu
         meta = {"source": "computed", "cpu_seconds": cpu, "seconds": res.seconds, "inference": res.params.get("inference"),
-                "forward_passes": res.forward_passes, "request": request}  # fmt: skip
+                "forward_passes": res.forward_passes, "windows_evaluated": res.windows_evaluated,
+                "images_forwarded": res.params.get("images_forwarded"),
+                "resumed": resumed, "request": request}  # fmt: skip
         atomic_save_npz(path, map=res.maps[0], meta=np.asarray(json.dumps(meta, default=str)))
+        if ckpt is not None:
+            ckpt.unlink(missing_ok=True)
         return res.maps[0], meta
+
+    def request(self, run: MapRun, name: str, cls: int) -> dict[str, Any]:
+        return {"model": self.plan.model, "image": name, "class": cls, "run": run.key,
+                **self.settings(run), "backend": self.backend, "weights": self.ctx.weights_for(self.plan.model)[1],
+                "root_seed": self.ctx.seed}  # fmt: skip
+
+    def map_path(self, run: MapRun, name: str, cls: int) -> Path:
+        """Where the computed map of `run` on photo `name` is cached (the request's digest in its name)."""
+        digest = hashlib.sha256(
+            json.dumps(self.request(run, name, cls), sort_keys=True).encode()
+        ).hexdigest()[:16]
+        return _cache_dir() / self.plan.model / name / f"{run.key}-{digest}.npz"
 
 
 _STATES: dict[tuple[int, str, str], _State] = {}
@@ -479,6 +534,41 @@ def _coverage(plan: Plan, run: MapRun, shape: tuple[int, int]) -> np.ndarray:
 
 
 # -- the three cells -------------------------------------------------------------------------------------
+
+
+def plan_notes(st: _State) -> dict[str, Any]:
+    """The plan's notes plus, built from its settings, what every map is (method, stride, S, seed, sampler) and
+    on which images it was made, and what the finest PDA grid would forward per image."""
+    from pda_repro.methods.windows import WindowGrid
+
+    plan, names = st.plan, [n for n, _ in st.images]
+    h, w = st.images[0][1].shape[1:]
+    maps = {}
+    for run in plan.runs:
+        s = st.settings(run)
+        bits = [run.method] + [
+            f"{k} {s[k]}" for k in ("stride", "window", "samples", "seed") if s[k] is not None
+        ]
+        if run.sampler:
+            bits.append(f"{run.sampler} sampler")
+        n = len(st.wanted(run))
+        where = (
+            f"all {n} images" if n == len(names) else f"{n} of {len(names)} images ({', '.join(names[:n])})"
+        )
+        if run.reuse is not None:
+            read = sum(st._reuse_path(run, names[i]).is_file() for i in st.wanted(run))
+            where += f"; {read} read from results/qualitative/{plan.qualitative_set}/*/{run.reuse}.npz"
+        maps[run.key] = ", ".join(bits) + " on " + where
+    pda_runs = [r for r in plan.runs if r.method == "pda"]
+    finest = min((r.stride or 1) for r in pda_runs) if pda_runs else None
+    out = {**plan.notes, "maps": maps}
+    if finest is not None and finest > 1:
+        n1 = WindowGrid(h, w, plan.window, 1).n_windows
+        out["pda_finest_stride"] = (
+            f"PDA at stride {finest} at the finest; stride 1 would forward {n1:,} windows × S={plan.samples} = "
+            f"{n1 * plan.samples:,} images per image"
+        )
+    return out
 
 
 def _base_row(st: _State, i: int) -> dict[str, Any]:
@@ -520,7 +610,7 @@ def run_agreement(st: _State) -> tuple[list[dict], dict]:
         "model": st.plan.model,
         "plan": st.plan.profile,
         "images": st.plan.image_note,
-        "notes": st.plan.notes,
+        "notes": plan_notes(st),
         "cpu_seconds_cell": time.process_time() - t0,
         "cpu_seconds_maps_computed": maps_cpu,
         "top_fraction": 0.1,
@@ -528,30 +618,64 @@ def run_agreement(st: _State) -> tuple[list[dict], dict]:
     return rows, extra
 
 
-def run_faithfulness(st: _State) -> tuple[list[dict], dict]:
-    from pda_repro.evaluate import evaluate_map, fill_image
+def _fills(st: _State, i: int) -> dict[str, np.ndarray]:
+    """The fill images of image i (computed once per image)."""
+    from pda_repro.evaluate import fill_image
 
+    name, x = st.images[i]
+    if name not in st.fills:
+        conditional = st.sampler("marginal" if st.plan.model == "mnist" else "conditional")
+        st.fills[name] = {f: fill_image(x, f, st.plan.window, conditional) for f in st.plan.fills}
+    return st.fills[name]
+
+
+def evaluation(st: _State, key: str, i: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(scores, curves) of run `key`'s map on image i: every metric of evaluate_map, cached on disk under a
+    digest of the map and the metric settings (an interrupted faithfulness cell resumes image by image)."""
+    from pda_repro.evaluate import evaluate_map
+
+    plan = st.plan
+    name, x = st.images[i]
+    m, _ = st.get(key, i)
+    settings = {"class": st.classes[i], "window": plan.window, "steps": plan.steps, "fc_runs": plan.fc_runs,
+                "fills": list(plan.fills), "rng": [st.ctx.seed, 7, i], "backend": st.backend,
+                "map": hashlib.sha256(np.ascontiguousarray(m, dtype=np.float32).tobytes()).hexdigest()}  # fmt: skip
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = _cache_dir() / plan.model / name / f"eval-{key}-{digest}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        return saved["scores"], saved["curves"]
+    conditional = st.sampler("marginal" if plan.model == "mnist" else "conditional")
+    t0 = time.process_time()
+    scores, curves = evaluate_map(
+        st.net, x, m, st.classes[i], plan.window, conditional, fills=plan.fills, steps=plan.steps,
+        fc_runs=plan.fc_runs, rng=np.random.default_rng([st.ctx.seed, 7, i]), fill_images=_fills(st, i),
+    )  # fmt: skip
+    scores = {**scores, "cpu_seconds_metrics": time.process_time() - t0}
+    out = [{"kind": c.kind, "fill": c.settings.get("fill", "linear_imputation"),
+            "fractions": np.asarray(c.fractions).tolist(), "scores": np.asarray(c.scores).tolist()} for c in curves]  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"scores": scores, "curves": out}, default=float))
+    tmp.replace(path)
+    return scores, out
+
+
+def run_faithfulness(st: _State) -> tuple[list[dict], dict]:
     t0 = time.process_time()
     rows, curve_acc = [], {}
     plan = st.plan
-    conditional = st.sampler("marginal" if plan.model == "mnist" else "conditional")
-    for i, (_, x) in enumerate(st.images):
-        fills = {f: fill_image(x, f, plan.window, conditional) for f in ("mean", "blur", "zeros")}
+    for i in range(len(st.images)):
         for key in plan.evaluate:
             run = plan.run(key)
             if i not in st.wanted(run):
                 continue
-            m, meta = st.get(key, i)
-            rng = np.random.default_rng([st.ctx.seed, 7, i])
-            scores, curves = evaluate_map(
-                st.net, x, m, st.classes[i], plan.window, conditional, steps=plan.steps,
-                fc_runs=plan.fc_runs, rng=rng, fill_images=fills,
-            )  # fmt: skip
+            _, meta = st.get(key, i)
+            scores, curves = evaluation(st, key, i)
             rows.append({**_base_row(st, i), "map": key, **st.settings(run), "inference": meta.get("inference"),
                          "map_source": meta.get("source"), **scores})  # fmt: skip
             for c in curves:
-                ck = (key, c.kind, c.settings.get("fill", "linear_imputation"))
-                curve_acc.setdefault(ck, []).append((c.fractions, c.scores))
+                curve_acc.setdefault((key, c["kind"], c["fill"]), []).append((c["fractions"], c["scores"]))
     curve_rows = []
     for (key, kind, fill), items in curve_acc.items():
         fr = np.mean([f for f, _ in items], axis=0)
@@ -568,7 +692,7 @@ def run_faithfulness(st: _State) -> tuple[list[dict], dict]:
         {"fraction": "fraction of pixels perturbed", "score_mean": "mean class probability over images"},
     )  # fmt: skip
     return rows, {"model": plan.model, "plan": plan.profile, "images": plan.image_note, "cpu_seconds_cell": time.process_time() - t0,
-                  "notes": plan.notes}  # fmt: skip
+                  "notes": plan_notes(st)}  # fmt: skip
 
 
 def run_randomisation(st: _State) -> tuple[list[dict], dict]:
@@ -633,8 +757,8 @@ def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> 
         if plan is None:
             continue
         for experiment, fn, estimate in (
-            (AGREEMENT, run_agreement, 900.0 if model != "mnist" else 300.0),
-            (EXPERIMENT, run_faithfulness, 400.0 if model != "mnist" else 200.0),
+            (AGREEMENT, run_agreement, 4000.0 if model != "mnist" else 300.0),
+            (EXPERIMENT, run_faithfulness, 1500.0 if model != "mnist" else 200.0),
             (RANDOMISATION, run_randomisation, 120.0),
         ):
             key = {"model": model, "backend": backend, "device": ctx.device, "profile": plan.profile}
@@ -654,3 +778,149 @@ def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> 
                 )
             )
     return out
+
+
+# -- warming the caches from several processes -------------------------------------------------------------
+
+SECONDS_PER_WINDOW_FORWARD = (
+    0.024  # only orders the work (cheap first); the measured costs are in the maps' meta
+)
+CHEAP_TASK = (
+    10.0  # tasks estimated below this many seconds (maps read or made by one pass, their metrics) go first
+)
+
+
+def _map_cost(st: _State, run: MapRun, i: int) -> float:
+    """A rough CPU-seconds figure for run's map on image i (0 when it is read, not computed)."""
+    name, x = st.images[i]
+    if run.method in CONTROLS or (run.reuse is not None and st._reuse_path(run, name).is_file()):
+        return 0.0
+    if run.stride is None or run.method == "simplified":
+        return 0.5
+    from pda_repro.methods.windows import WindowGrid
+
+    n = WindowGrid(x.shape[1], x.shape[2], st.plan.window, run.stride).n_windows
+    return n * (st.plan.samples if run.method in ("pda", "epda_sampled") else 1) * SECONDS_PER_WINDOW_FORWARD
+
+
+def warm_tasks(st: _State) -> list[tuple[float, str, str, int]]:
+    """Every map and every metric evaluation the three cells need: the cheap ones (< CHEAP_TASK), then those of
+    plan.warm_first in its order, then the others cheapest first: (cost, kind, run, image); an evaluation comes
+    after its map."""
+    plan, tasks = st.plan, {}
+    needed = {(k, i) for _, a, b in plan.pairs for k in (a, b) for i in st.wanted(plan.run(k))}
+    needed |= {(k, i) for k, n in plan.randomise for i in st.wanted(plan.run(k))[:n]}
+    for key in plan.evaluate:
+        for i in st.wanted(plan.run(key)):
+            needed.add((key, i))
+            cost = _map_cost(st, plan.run(key), i)
+            tasks[("eval", key, i)] = cost + 5.0
+    for key, i in needed:
+        tasks[("map", key, i)] = _map_cost(st, plan.run(key), i)
+
+    def rank(key: str, i: int, cost: float) -> int:
+        if cost < CHEAP_TASK:
+            return -1
+        for r, (k, n) in enumerate(plan.warm_first):
+            if k == key and (n is None or i < n):
+                return r
+        return len(plan.warm_first)
+
+    order = sorted((rank(key, i, c), c, kind, key, i) for (kind, key, i), c in tasks.items())
+    return [(c, kind, key, i) for _, c, kind, key, i in order]
+
+
+def _claim(lock: Path) -> bool:
+    """Create `lock` holding our pid; a lock whose process is gone is taken over."""
+    import os
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or "0")
+                os.kill(pid, 0)
+                return False
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def warm(ctx: BenchContext, model: str, backend: str = "torch", say: Callable[[str], None] = print) -> int:
+    """Compute every map and metric evaluation of `model`'s plan into the caches, claiming each task with a
+    lock file so that several processes (one thread each) share the work; a killed process's map resumes
+    from its checkpoint. Returns the number of tasks this process ran. The cells then read the caches."""
+    plan = plan_for(model, ctx.profile)
+    if plan is None:
+        raise ValueError(f"no faithfulness plan for {model!r}")
+    st = _state(ctx, plan, backend)
+    locks = _cache_dir() / plan.model / "locks"
+    ran, pending = 0, warm_tasks(st)
+    while pending:
+        left = []
+        for task in pending:
+            cost, kind, key, i = task
+            run, (name, _) = plan.run(key), st.images[i]
+            if (
+                kind == "eval"
+                and run.method not in CONTROLS
+                and not (
+                    (run.reuse is not None and st._reuse_path(run, name).is_file())
+                    or st.map_path(run, name, st.classes[i]).is_file()
+                )
+            ):
+                left.append(task)  # its map is not there yet
+                continue
+            lock = locks / f"{kind}-{key}-{name}.lock"
+            if not _claim(lock):
+                left.append(task)
+                continue
+            try:
+                t0 = time.process_time()
+                if kind == "map":
+                    st.get(key, i)
+                else:
+                    evaluation(st, key, i)
+                say(f"{kind} {key} {name}: {time.process_time() - t0:.1f} s CPU (estimate {cost:.0f})")
+                ran += 1
+            finally:
+                lock.unlink(missing_ok=True)
+        if len(left) == len(pending):
+            time.sleep(10)  # everything left is held by another process or waits for a map
+        pending = left
+    return ran
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m pda_repro.bench.faithfulness warm --model M [--profile P] [--threads N]"""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pda_repro.bench.faithfulness")
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("warm", help="compute the maps and metric evaluations into the caches (run several)")
+    w.add_argument("--model", required=True)
+    w.add_argument("--profile", default="quick")
+    w.add_argument("--threads", type=int, default=1)
+    w.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from pda_repro.bench.results import RESULTS_DIR, ResultStore, env_name
+    from pda_repro.bench.runner import limit_threads
+
+    limit_threads(args.threads)
+    ctx = BenchContext(store=ResultStore(RESULTS_DIR, env_name()), profile=args.profile, seed=args.seed,
+                       threads=args.threads)  # fmt: skip
+    n = warm(ctx, args.model, say=lambda m: print(m, flush=True))
+    print(f"done: {n} tasks", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
