@@ -50,6 +50,14 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
+def check_input_shape(value: Any) -> tuple[int, int, int]:
+    """(C, H, W) as ints, or BackendError naming the value."""
+    shape = tuple(value) if isinstance(value, Sequence) else ()
+    if len(shape) != 3 or not all(isinstance(v, int | np.integer) and v > 0 for v in shape):
+        raise BackendError(f"input_shape must be (C, H, W) positive ints, got {value!r}")
+    return tuple(int(v) for v in shape)  # type: ignore[return-value]
+
+
 def _caffe_type(module: nn.Module) -> str:
     for cls, name in CAFFE_TYPES.items():
         if isinstance(module, cls):
@@ -84,15 +92,13 @@ class ModuleBackend(TorchBackend):
             raise BackendError(f"model must be a torch.nn.Module, got {type(module).__name__}")
         if output not in OUTPUTS:
             raise BackendError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
-        shape = tuple(input_shape) if isinstance(input_shape, Sequence) else ()
-        if len(shape) != 3 or not all(isinstance(v, int | np.integer) and v > 0 for v in shape):
-            raise BackendError(f"input_shape must be (C, H, W) positive ints, got {input_shape!r}")
+        shape = check_input_shape(input_shape)
         self._set_device_and_batch(device, batch, cuda_index=True)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError("device 'cuda' requested but torch sees no CUDA device")
         if self.device.startswith("cuda"):  # TF32 changes the 4th digit, as in TorchBackend
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        self.input_shape = tuple(int(v) for v in shape)
+        self.input_shape = shape
         self.output = output
         self.module = copy.deepcopy(module).to(self.device).eval()
         self.model = self  # TorchBackend's methods call self.model.run / self.model.resolve
@@ -178,8 +184,19 @@ class ModuleBackend(TorchBackend):
         return net
 
     def __getstate__(self) -> dict:
-        """Pickled without the engine and stored activations (rebuilt on first use)."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("_engine", "_engine_note", "_base_state")}
+        """Pickled without the engine and stored activations (rebuilt on first use); net_param as bytes."""
+        drop = ("_engine", "_engine_note", "_base_state", "model", "net_param")
+        state = {k: v for k, v in self.__dict__.items() if k not in drop}
+        state["net_param_bytes"] = self.net_param.SerializeToString()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        from pda_repro.proto import caffe_pb2  # noqa: PLC0415
+
+        state = dict(state)
+        self.__dict__.update(state)
+        self.net_param = caffe_pb2().NetParameter.FromString(state["net_param_bytes"])
+        self.model = self
 
     # -- running (TorchBackend's forward, blobs and gradients call self.model.run / resolve) --------
     def _roles(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -172,7 +172,7 @@ def module_backend(
     (its preprocessing, pda_repro.presets) and `weights_source` set. weights: a state_dict (dict or
     file) copied in strictly; None: the module's own weights (torchvision: seeded random)."""
     from pda_repro import presets  # noqa: PLC0415
-    from pda_repro.backends.module_backend import ModuleBackend  # noqa: PLC0415
+    from pda_repro.backends.module_backend import ModuleBackend, check_input_shape  # noqa: PLC0415
 
     default_pre: Any = "imagenet"
     if isinstance(model, nn.Module):
@@ -185,7 +185,9 @@ def module_backend(
         module, file_shape = load_onnx(model)
         source, name = str(model), Path(model).stem
     spec = presets.preprocessing(preprocess if preprocess is not None else default_pre, name=name)
-    shape = input_shape or file_shape or spec.input_shape
+    if isinstance(model, nn.Module) and input_shape is None:
+        raise BackendError("input_shape must be (C, H, W) positive ints, got None (needed for an nn.Module)")
+    shape = check_input_shape(input_shape or file_shape or spec.input_shape)
     if file_shape is not None and input_shape is not None and tuple(input_shape) != tuple(file_shape):
         raise BackendError(
             f"input_shape {tuple(input_shape)} differs from the ONNX file's input {file_shape}"
