@@ -86,6 +86,12 @@ def summary_lines(env_dir: Path) -> list[str]:
         )
     ratios = {m: by[(m, "1proc_2threads")]["seconds_median"] / by[(m, "ray_2workers")]["seconds_median"]
               for m in dict.fromkeys(data["model"]) if (m, "ray_2workers") in by and (m, "1proc_2threads") in by}  # fmt: skip
+    for m in dict.fromkeys(data["model"]):  # the whole-image runs count too
+        if (m, "full_image_ray_2workers") in by and (m, "full_image_1proc_2threads") in by:
+            ratios[f"{m} (whole image)"] = (
+                by[(m, "full_image_1proc_2threads")]["seconds_median"]
+                / by[(m, "full_image_ray_2workers")]["seconds_median"]
+            )
     if ratios:
         met = all(v >= TARGET_WORKERS_VS_THREADS for v in ratios.values())
         lines.append(
