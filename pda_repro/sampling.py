@@ -41,7 +41,6 @@ samples as one call over all windows (up to float rounding of the differently si
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import os
 import re
@@ -50,12 +49,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 from scipy.linalg import LinAlgError, blas, cho_factor, cholesky, solve_triangular
 
 from pda_repro.io import atomic_writer, remove_stale_temps
+from pda_repro.paths import cache_dir
 
 __all__ = [
     "ConstantFill",
@@ -77,8 +78,8 @@ _CHUNK_WINDOWS = 2048  # windows per matrix product (bounds temporary memory, ke
 
 
 def default_cache_dir() -> Path:
-    """Where fitted patch Gaussians are cached: ~/.cache/pda-repro/samplers."""
-    return Path.home() / ".cache" / "pda-repro" / "samplers"
+    """Where fitted patch Gaussians are cached: the cache directory's samplers/ (pda_repro.paths)."""
+    return cache_dir("samplers")
 
 
 def window_starts(size: int, k: int, stride: int = 1) -> np.ndarray:
@@ -190,68 +191,38 @@ def _lower_times_inplace(trmm, chol: np.ndarray, block: np.ndarray) -> None:
         flat_t[...] = res
 
 
-_BLAS_CONTROLS: list[tuple[Callable, Callable]] | None = None
+_BLAS_CONTROLLER: object | None = None
 
 
-def _blas_controls() -> list[tuple[Callable, Callable]]:
-    """(set_num_threads, get_num_threads) of every OpenBLAS loaded in this process (numpy's and scipy's
-    bundled copies; Linux, found through /proc/self/maps).  Empty where there is none or no /proc."""
-    global _BLAS_CONTROLS
-    if _BLAS_CONTROLS is None:
-        try:
-            with open("/proc/self/maps") as f:
-                paths = {
-                    line.split()[-1] for line in f if "/" in line and "openblas" in line.rsplit("/", 1)[-1]
-                }
-        except OSError:
-            paths = set()
-        found = []
-        for path in sorted(paths):
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for prefix in ("scipy_openblas_", "openblas_"):
-                for suffix in ("64_", ""):
-                    setter = getattr(lib, f"{prefix}set_num_threads{suffix}", None)
-                    getter = getattr(lib, f"{prefix}get_num_threads{suffix}", None)
-                    if setter is not None and getter is not None:
-                        setter.argtypes, setter.restype = [ctypes.c_int], None
-                        getter.argtypes, getter.restype = [], ctypes.c_int
-                        found.append((setter, getter))
-                        break
-                else:
-                    continue
-                break
-        _BLAS_CONTROLS = found
-    return _BLAS_CONTROLS
+def _blas_controller() -> Any:
+    """threadpoolctl's handle on every BLAS loaded in this process (numpy's and scipy's bundled
+    OpenBLAS), found once: this module imports scipy.linalg first."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+
+        _BLAS_CONTROLLER = ThreadpoolController().select(user_api="blas")
+    return _BLAS_CONTROLLER
 
 
 def blas_thread_counts() -> list[int]:
-    """The current thread count of each OpenBLAS loaded in this process (see `limit_blas_threads`)."""
-    return [getter() for _, getter in _blas_controls()]
+    """The current thread count of each BLAS loaded in this process (see `limit_blas_threads`)."""
+    return [int(lib["num_threads"]) for lib in _blas_controller().info()]
 
 
 @contextlib.contextmanager
 def limit_blas_threads(n: int | None) -> Iterator[int]:
-    """Run numpy's and scipy's OpenBLAS with `n` threads inside the block (None: leave them alone); yields
+    """Run numpy's and scipy's BLAS with `n` threads inside the block (None: leave them alone); yields
     how many BLAS libraries were limited.  On a busy machine multi-threaded BLAS waits for descheduled
-    threads: measured on the shared 2-core box, factorising all clipping cases took 32 s with 2 threads
-    and 3 s with 1, and 16-window sample_at calls were ~60× slower (results/<env>/sampler.csv)."""
+    threads (results/<env>/sampler.csv compares 1 and 2 threads)."""
     if n is None:
         yield 0
         return
     if not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"BLAS thread count must be a positive integer or None, got {n!r}")
-    controls = _blas_controls()
-    previous = [getter() for _, getter in controls]
-    for setter, _ in controls:
-        setter(int(n))
-    try:
-        yield len(controls)
-    finally:
-        for (setter, _), count in zip(controls, previous, strict=True):
-            setter(count)
+    controller = _blas_controller()
+    with controller.limit(limits=int(n)):
+        yield len(controller.lib_controllers)
 
 
 # -- the shared contract ----------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from pda_repro.paths import REPO_ROOT
+
 MODELS_DIR = REPO_ROOT / "models"
 
 

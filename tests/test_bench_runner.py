@@ -97,6 +97,7 @@ def test_limit_threads_sets_torch_and_openblas():
         done = limit_threads(1)
         assert torch.get_num_threads() == 1 and done["torch"] == 1
         assert any("openblas" in name for name in done), done  # numpy's OpenBLAS is loaded here
+        assert all(v == 1 for name, v in done.items() if "openblas" in name), done  # read back after setting
         assert limit_threads(None) == {"requested": None, "torch": 1}  # None: leave as is
     finally:
         limit_threads(before)

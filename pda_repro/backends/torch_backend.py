@@ -187,10 +187,8 @@ class BatchNorm(CaffeLayer):
         channels = 1 if x.dim() == 1 else x.shape[1]
         view = _channel_view(x.dim(), min(1, x.dim() - 1), channels)
         if self.global_stats:
-            factor = self.blobs[2].reshape(-1)[0]
-            scale = torch.where(factor == 0, torch.zeros_like(factor), 1.0 / factor)
-            mean = (self.blobs[0] * scale).reshape(view)
-            var = (self.blobs[1] * scale).reshape(view)
+            mean, var = caffe_quirks.batch_norm_statistics(self.blobs[0], self.blobs[1], self.blobs[2])
+            mean, var = mean.reshape(view), var.reshape(view)
         else:
             dims = [d for d in range(x.dim()) if d != 1]
             mean = x.mean(dim=dims, keepdim=True)

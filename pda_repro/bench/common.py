@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from pda_repro import seeding
 from pda_repro.bench.results import ResultStore, machine_metadata, weights_label
 from pda_repro.bench.runner import Progress
 
@@ -194,11 +195,7 @@ class BenchContext:
     def rng(self, *stream: int | str) -> np.random.Generator:
         """A Generator seeded from the run's seed and a stream name, so every cell is reproducible on its
         own (a resumed run draws what an uninterrupted one would have)."""
-        words = [self.seed] + [
-            int.from_bytes(str(s).encode()[:8].ljust(8, b"\0"), "little") if isinstance(s, str) else int(s)
-            for s in stream
-        ]
-        return np.random.default_rng(np.random.SeedSequence(words))
+        return seeding.generator(self.seed, *stream)
 
     # -- ETA ---------------------------------------------------------------------------------------
     def seconds_per_batch(self, model: str, backend: str) -> float:

@@ -65,8 +65,10 @@ from typing import Any
 
 import numpy as np
 
-from pda_repro.bench.results import RESULTS_DIR, atomic_write_bytes, atomic_write_json, file_sha256
+from pda_repro.bench.results import RESULTS_DIR, atomic_write_bytes, atomic_write_json
 from pda_repro.explain import explain, load_model
+from pda_repro.io import file_digest
+from pda_repro.paths import cache_dir
 
 __all__ = [
     "FIGURE_KEYS",
@@ -797,7 +799,7 @@ def compute(
 
 
 def _default_checkpoint_dir() -> Path:
-    return Path.home() / ".cache" / "pda-repro" / "qualitative-checkpoints"
+    return cache_dir("qualitative-checkpoints")
 
 
 class _Lazy:
@@ -830,7 +832,7 @@ class _Lazy:
     def weights_sha256(self) -> str:
         if self._weights is None:
             f = self.image_set.weights_file
-            self._weights = file_sha256(Path(f)) if f is not None and Path(f).is_file() else "none"
+            self._weights = file_digest(Path(f)) if f is not None and Path(f).is_file() else "none"
         return self._weights
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -36,7 +35,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from pda_repro.io import file_digest
+from pda_repro.paths import REPO_ROOT
+
 RESULTS_DIR = REPO_ROOT / "results"
 CELL_COLUMN = "cell"
 
@@ -133,7 +134,7 @@ def weights_label(weights: str | Path | None, default_note: str | None = None) -
     path = Path(weights)
     if not path.is_file():
         raise ValueError(f"weights file {str(path)!r} does not exist")
-    return f"{path.name} (sha256 {file_sha256(path)[:8]})"
+    return f"{path.name} (sha256 {file_digest(path)[:8]})"
 
 
 def weights_slug(label: str) -> str:
@@ -143,14 +144,6 @@ def weights_slug(label: str) -> str:
         return "random"
     name, _, rest = str(label).partition(" (sha256 ")
     return slug("-".join(p for p in (Path(name).stem, rest.rstrip(")")) if p)).replace("-", "_")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- metadata ---------------------------------------------------------------------------------------

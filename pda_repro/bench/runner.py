@@ -119,26 +119,18 @@ def time_calls(
 
 # --- threads --------------------------------------------------------------------------------------------
 
-_OPENBLAS_SETTERS = (
-    "openblas_set_num_threads",
-    "scipy_openblas_set_num_threads64_",
-    "scipy_openblas_set_num_threads",
-    "openblas_set_num_threads64_",
-)
-
 
 def limit_threads(n: int | None) -> dict[str, Any]:
-    """Use ``n`` threads in torch (intra-op, OpenMP/MKL) and in every OpenBLAS loaded in this process
-    (numpy's, scipy's, and the one pycaffe links), at run time; ``None`` or 0 leaves the libraries'
-    defaults. Returns what was set, for the metadata. Call again after loading pycaffe (its OpenBLAS is
-    loaded then).
+    """Use ``n`` threads in torch (intra-op, OpenMP/MKL) and in every BLAS loaded in this process
+    (numpy's, scipy's, and the OpenBLAS pycaffe links; threadpoolctl), at run time; ``None`` or 0
+    leaves the libraries' defaults. Returns what was set, for the metadata. Call again after loading
+    pycaffe (its OpenBLAS is loaded then).
 
     Why: on a shared machine multi-threaded pools oversubscribe the cores and timings stop meaning
-    anything (measured here under a load average of ~7 on 2 cores: a single-image LeNet forward took
-    ~130 ms with 2 torch threads and ~1 ms with 1)."""
-    import ctypes
-
+    anything (a single-image forward can take a hundred times longer with 2 torch threads than with 1
+    under a load of several jobs per core)."""
     import torch
+    from threadpoolctl import ThreadpoolController
 
     done: dict[str, Any] = {"requested": n}
     if not n:
@@ -146,23 +138,10 @@ def limit_threads(n: int | None) -> dict[str, Any]:
         return done
     torch.set_num_threads(int(n))
     done["torch"] = torch.get_num_threads()
-    libs = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/maps").read_text().splitlines():
-            path = line.split()[-1] if line.split() else ""
-            if "openblas" in path.lower() and path.startswith("/"):
-                libs.add(path)
-    for path in sorted(libs):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in _OPENBLAS_SETTERS:
-            setter = getattr(lib, name, None)
-            if setter is not None:
-                setter(ctypes.c_int(int(n)))
-                done[Path(path).name] = int(n)
-                break
+    blas = ThreadpoolController().select(user_api="blas")
+    blas.limit(limits=int(n))  # kept: the limiter is not used as a context
+    for lib in blas.info():
+        done[Path(lib["filepath"]).name] = int(lib["num_threads"])
     return done
 
 

@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from pda_repro import data
+from pda_repro.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS_DIR = REPO_ROOT / "models"
 TRAIN_PROTOTXT = MODELS_DIR / "mnist_train.prototxt"
 SOLVER_PROTOTXT = MODELS_DIR / "mnist_solver.prototxt"
