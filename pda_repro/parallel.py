@@ -47,11 +47,10 @@ from pda_repro.methods.windows import (
     run_chunk,
 )
 
-# Seconds of serial work below which `auto` stays in-process. Starting embedded Ray and two actors
-# took 4.5 s (EfficientNet-Lite0) on the project's 2-core CPU when quiet and 12.5 s under a load of 9
-# (benchmarks/bench_parallel.py -> results/<env>/parallel.json). With a 2-worker speed-up s a parallel
-# run wins once T/s + start-up < T: T > 37 s at the quiet s = 1.14 (against one thread), 20 s at the
-# loaded s = 2.75 (against two threads). 30 s sits between the two.
+# Seconds of serial work below which `auto` stays in-process: a parallel run with speed-up s and
+# start-up t wins once T/s + t < T. `make bench-parallel` measures t and s against one process with
+# one and with two threads (results/<env>/parallel.json, "break_even"); the threshold sits between the
+# two break-evens measured there.
 RAY_BREAK_EVEN_S = 30.0
 PROBE_SECONDS = 1.0  # auto: in-process work timed before deciding
 CONNECT_TIMEOUT_S = 10.0  # a cluster address that does not answer TCP within this is unreachable
