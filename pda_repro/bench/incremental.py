@@ -100,23 +100,32 @@ def _explain(net, image, method, sampler, cls, subset, batch, inference, ctx, mo
 
 def measure(ctx: BenchContext, model: str, method: str, subset: int | None) -> dict[str, Any]:
     """One row: the explanation of the model's timing image in both modes (see the module docstring)."""
+    net = net_or_skip(ctx, model, "torch")
+    image, image_name = timing_image(ctx, model)
+    sampler, _ = ctx.sampler(model, WINDOW, OUTER, image.shape[1:])
+    _, weights = ctx.weights_for(model)
+    return measure_net(ctx, net, model, method, subset, image, image_name, sampler, weights)
+
+
+def measure_net(
+    ctx: BenchContext, net: Any, model: str, method: str, subset: int | None, image: np.ndarray,
+    image_name: str, sampler: Any, weights: str,
+) -> dict[str, Any]:  # fmt: skip
+    """The row of `measure` for any torch-based net with incremental inference (`model` names it)."""
     from pda_repro.backends.base import default_batch
     from pda_repro.incremental import cost
     from pda_repro.methods.windows import WindowGrid
 
-    net = net_or_skip(ctx, model, "torch")
     if net.incremental_note():
         raise ValueError(f"{model}: {net.incremental_note()}")
-    image, image_name = timing_image(ctx, model)
     _, h, w = image.shape
     grid = WindowGrid(h, w, WINDOW, STRIDE)
     if subset is not None:
         subset = None if subset >= grid.n_windows else runs_of_windows(grid, subset, RUN[method])
-    sampler, _ = ctx.sampler(model, WINDOW, OUTER, (h, w))
     cls = int(np.argmax(net.forward(image[None])[0][0]))
     batch = ctx.batch if ctx.device == "cuda" else net.default_window_batch("incremental")
     full_batch = default_batch(ctx.device)
-    train_size = int(ctx.spec(model).train_size)
+    train_size = int(net.model_spec.train_size)
     run = {"full": [], "incremental": []}
     for inference in ("full", "incremental", "incremental", "full"):
         run[inference].append(
@@ -148,7 +157,6 @@ def measure(ctx: BenchContext, model: str, method: str, subset: int | None) -> d
     speedup = t_full / t_incr
     engine_all = cost.engine_ratio(graph, WINDOW, rows, cols, batch)
     engine_timed = cost.engine_ratio(graph, WINDOW, timed_rows, timed_cols, batch)
-    _, weights = ctx.weights_for(model)
     return {
         "window": WINDOW,
         "outer": OUTER,

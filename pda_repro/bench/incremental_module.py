@@ -1,0 +1,162 @@
+"""Incremental vs full inference on PyTorch models (ModuleBackend, torch.fx graph): a sibling of
+pda_repro/bench/incremental.py, measured by its `measure_net` (the same ABBA order, batch, columns).
+
+Setting: torchvision resnet18 with seeded random weights (seed 0; the speed of a forward pass does
+not depend on the weights), torchvision's ImageNet preprocessing, efficient PDA, k=10, l=18, stride 1,
+the predicted class of the Figure 12 photo, 1 torch thread; WINDOWS windows in runs of RUN
+consecutive windows spread over the image (extrapolated to all windows as in the Caffe rows). The
+conditional sampler is fitted on the bundled photos (cached on disk). Rows go to
+results/<env>/incremental_module.csv/json with the machine's metadata.
+
+    python -m pda_repro.bench.incremental_module [--windows 256] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pda_repro.bench import incremental
+from pda_repro.bench.common import BenchContext
+from pda_repro.bench.results import RESULTS_DIR, ResultStore, env_name
+
+EXPERIMENT = "incremental_module"
+MODELS = ("torchvision:resnet18",)
+METHOD = "epda"
+WINDOWS = 256
+DESCRIPTION = (
+    "Incremental vs full inference of PyTorch models (torch.fx graph on the incremental engine): one efficient-PDA "
+    "explanation timed in both modes on the same windows (order full, incremental, incremental, full), at the "
+    "same batch, plus full inference at the CPU default batch; extrapolated from an evenly spread subset of windows."
+)
+COLUMNS = {
+    **incremental.COLUMNS,
+    "model": "PyTorch model (torchvision:<arch>, seeded random weights)",
+    "backend": "torch-module (pda_repro.backends.module_backend)",
+    "fraction_of_ideal_run_estimate": "speedup_run_estimate / ideal_ratio",
+}
+
+
+def sampler_for(ctx: BenchContext, net: Any, model: str) -> Any:
+    """The conditional patch Gaussian fitted on the bundled photos preprocessed for the net."""
+    from pda_repro.bench.inputs import SAMPLER_PATCHES, photo_inputs
+    from pda_repro.data import photo_paths
+    from pda_repro.sampling import PatchGaussian
+
+    spec = net.model_spec
+    scale = spec.scale if isinstance(spec.scale, tuple) else (spec.scale,)
+    tag = (
+        f"{model.replace(':', '-')}-{spec.channel_order}-mean{','.join(f'{m:g}' for m in spec.mean)}-scale"
+        + ",".join(f"{s:g}" for s in scale)
+    )
+    return PatchGaussian.fit_cached(
+        lambda: [x for _, x in photo_inputs(spec)], incremental.WINDOW, incremental.OUTER,
+        channels=spec.input_shape[0], tag=tag, source="photos:" + ",".join(sorted(photo_paths())),
+        n_patches=SAMPLER_PATCHES, seed=ctx.seed,
+    )  # fmt: skip
+
+
+def measure(ctx: BenchContext, model: str, windows: int) -> dict[str, Any]:
+    """One row of incremental.measure_net for a PyTorch model."""
+    from pda_repro.bench.inputs import TIMING_PHOTO
+    from pda_repro.data import photo_paths
+    from pda_repro.explain import load_model
+    from pda_repro.preprocess import load_image
+
+    net = load_model(model, seed=ctx.seed)
+    image = load_image(photo_paths()[TIMING_PHOTO], net.model_spec).x
+    sampler = sampler_for(ctx, net, model)
+    sampler.precompute(*image.shape[1:])
+    row = incremental.measure_net(
+        ctx, net, model, METHOD, windows, image, TIMING_PHOTO, sampler, net.weights_source
+    )
+    row["fraction_of_ideal_run_estimate"] = row["speedup_run_estimate"] / row["ideal_ratio"]
+    return {"model": model, "backend": net.name, "device": ctx.device, "method": METHOD, **row}
+
+
+def run(results_dir: str | Path = RESULTS_DIR, windows: int = WINDOWS, force: bool = False) -> Path:
+    """Measure every model of MODELS not yet stored (all with force); returns the CSV path."""
+    from pda_repro.bench.runner import limit_threads
+
+    limit_threads(1)
+    store = ResultStore(Path(results_dir), env_name("cpu"))
+    ctx = BenchContext(store=store, device="cpu", force=force, threads=1, command=" ".join(sys.argv))
+    for model in MODELS:
+        key = {
+            "model": model,
+            "backend": "torch-module",
+            "device": "cpu",
+            "method": METHOD,
+            "windows": windows,
+        }
+        if not force and store.has_cell(EXPERIMENT, key):
+            continue
+        row = measure(ctx, model, windows)
+        setting = (f"{model} k={incremental.WINDOW} l={incremental.OUTER} S=1 stride={incremental.STRIDE} {METHOD}, "
+                   f"batch {row['batch']} windows per call, inference full vs incremental (ABBA), {windows} windows, "
+                   "torch-module backend, 1 torch thread")  # fmt: skip
+        meta = ctx.cell_meta(setting=setting, batch=row["batch"])
+        store.write_cell(EXPERIMENT, key, [row], meta, DESCRIPTION, COLUMNS)
+    return store.csv_path(EXPERIMENT)
+
+
+README_BLOCK = (
+    "<!-- module-incremental: generated by `python -m pda_repro.bench.incremental_module --readme` "
+    "from results/*/incremental_module.csv -->",
+    "<!-- /module-incremental -->",
+)
+
+
+def readme_table(results_dir: str | Path = RESULTS_DIR) -> str:
+    """The measured rows of every env as a Markdown table (numbers only from the CSVs)."""
+    import pandas as pd
+
+    lines = ["| model | method | full | incremental | speed-up | whole-run estimate | ideal (MAC ratio) | "
+             "fraction of ideal | stored | 1-min load | setting |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for csv in sorted(Path(results_dir).glob(f"*/{EXPERIMENT}.csv")):
+        meta = ResultStore(Path(results_dir), csv.parent.name).read_meta(EXPERIMENT).get("cells", {})
+        for _, r in pd.read_csv(csv).iterrows():
+            load = meta.get(r["cell"], {}).get("load_average_1_5_15", ["?"])[0]
+            lines.append(
+                f"| {r['model']} | efficient PDA | {r['full_seconds'] / 60:.1f} min | "
+                f"{r['incremental_seconds'] / 60:.1f} min | {r['speedup']:.2f}× | {r['speedup_run_estimate']:.2f}× | "
+                f"{r['ideal_ratio']:.2f}× | {r['fraction_of_ideal']:.0%} | {r['base_state_mib']:.0f} MiB | {load} | "
+                f"{csv.parent.name}, k={r['window']}, l={r['outer']}, stride {r['stride']}, batch {int(r['batch'])}, "
+                f"1 thread, {r['weights']} weights, extrapolated from {int(r['windows_evaluated'])} of "
+                f"{int(r['windows_total'])} windows |"
+            )  # fmt: skip
+    return "\n".join(lines)
+
+
+def update_readme(readme: str | Path, results_dir: str | Path = RESULTS_DIR) -> bool:
+    """Replace the README's block between README_BLOCK's markers; False when it has none."""
+    path = Path(readme)
+    text = path.read_text(encoding="utf-8")
+    start, end = README_BLOCK
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{readme_table(results_dir)}\n{end}{tail}", encoding="utf-8")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=WINDOWS, help="windows timed per mode")
+    parser.add_argument("--results", default=str(RESULTS_DIR), help="results directory")
+    parser.add_argument("--force", action="store_true", help="re-measure stored cells")
+    parser.add_argument("--readme", nargs="?", const="README.md", default=None, metavar="FILE",
+                        help="only regenerate the table in FILE (default README.md) from the results")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.readme:
+        print(f"{args.readme}: {'updated' if update_readme(args.readme, args.results) else 'no block'}")
+        return 0
+    print(run(args.results, args.windows, args.force))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
