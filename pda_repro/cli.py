@@ -655,6 +655,14 @@ def _module_model(args: argparse.Namespace, weights: Path | None) -> _Model:
     except ValueError as exc:
         raise CLIError(f"--preprocess: {_one_line(exc)}") from None
     spec = replace(spec, prototxt=Path(args.model))
+    if name is None:  # an ONNX file's own input size decides the crop (and the checks of --window)
+        from pda_repro.backends.module_sources import onnx_input_shape
+
+        with contextlib.suppress(Exception):  # an unreadable file fails in one line when it is loaded
+            import onnx
+
+            shape = onnx_input_shape(onnx.load(args.model, load_external_data=False))
+            spec = presets.with_input_shape(spec, shape) if shape else spec
     note = "given" if weights is not None else ("random (seeded, seed 0)" if name else "the ONNX file's")
     if weights is None and name:
         _note(f"warning: {args.model} has no weights given; explaining a net with seeded random weights "

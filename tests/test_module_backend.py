@@ -342,6 +342,7 @@ def test_cli_explains_an_onnx_model_and_rejects_bad_models(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["explain", str(photo), "--model", str(tmp_path / "net.onnx"), "--preprocess", "imagenet",
                      "--out", str(out), *common]) == 0  # fmt: skip
+    assert "32×32 input" in capsys.readouterr().err  # the coverage warning knows the file's input size
     summary = json.loads((out / "baboon.json").read_text())
     assert (
         summary["input_size"] == [3, 32, 32]
@@ -349,6 +350,15 @@ def test_cli_explains_an_onnx_model_and_rejects_bad_models(tmp_path, capsys):
         and (out / "baboon.png").is_file()
     )
     assert summary["settings"]["inference"] == "incremental" and summary["prototxt"].endswith("net.onnx")
+    export_onnx(tiny(8, lambda: Probabilities(3)), tmp_path / "probs.onnx", (3, 32, 32))
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    (tmp_path / "pre.json").write_text(json.dumps({"crop": 32, "resize": 40, "class_names": "labels.txt"}))
+    assert cli.main(["explain", str(photo), "--model", str(tmp_path / "probs.onnx"), "--preprocess",
+                     str(tmp_path / "pre.json"), "--scores", "probabilities", "--class", "c", "--out",
+                     str(tmp_path / "out3"), *common]) == 0  # fmt: skip
+    summary = json.loads((tmp_path / "out3" / "baboon.json").read_text())
+    assert summary["settings"]["preprocessing"].endswith("_r40_bilinear_3x32x32")
+    assert [c["name"] for c in summary["explained"]] == ["c"] and summary["top5"][0]["prob"] > 0
     (tmp_path / "x.onnx").write_bytes(b"\x00garbage")
     (tmp_path / "bad.pth").write_bytes(pickle.dumps({"fc.weight": torch.zeros(3)}))
     buffer = io.BytesIO()
@@ -369,3 +379,47 @@ def test_cli_explains_an_onnx_model_and_rejects_bad_models(tmp_path, capsys):
             line for line in capsys.readouterr().err.splitlines() if line.startswith("pda-repro: error:")
         ]
         assert len(errors) == 1 and expected in errors[0], errors
+
+
+def test_workers_get_the_module_net_pickled_and_equal():
+    from pda_repro import parallel
+
+    net = load_model(tiny(9), input_shape=(3, 8, 8), preprocess={"crop": 8, "resize": None})
+    recipe = parallel.net_recipe(net)
+    assert recipe["kind"] == "pickled"
+    built = parallel.build_net(pickle.loads(pickle.dumps(recipe)))
+    x = np.random.default_rng(8).standard_normal((3, 8, 8)).astype(np.float32)
+    rows, cols, patches = np.array([0, 5]), np.array([5, 0]), np.full((2, 3, 3, 3), 0.5, np.float32)
+    np.testing.assert_array_equal(built.forward_windows(x, rows, cols, patches)[0],
+                                  net.forward_windows(x, rows, cols, patches)[0])  # fmt: skip
+    assert built.model_spec.input_shape == (3, 8, 8) and built.incremental_note() is None
+
+
+def test_incremental_benchmark_row_and_readme_table(tmp_path):
+    from pda_repro.bench import incremental, incremental_module
+    from pda_repro.bench.common import BenchContext
+    from pda_repro.bench.results import ResultStore
+    from pda_repro.incremental import cost
+    from pda_repro.methods.windows import WindowGrid
+
+    net = load_model(tiny(10), input_shape=(3, 24, 24), preprocess={"crop": 24, "resize": None})
+    image = np.random.default_rng(9).standard_normal((3, 24, 24)).astype(np.float32)
+    store = ResultStore(tmp_path, "cpu-test")
+    ctx = BenchContext(store=store, threads=1)
+    row = incremental.measure_net(ctx, net, "tiny", "epda", 32, image, "noise", MarginalSampler(image[None], 10),
+                                  net.weights_source)  # fmt: skip
+    rows, cols = WindowGrid(24, 24, 10, 1).corners()
+    assert row["ideal_ratio"] == pytest.approx(
+        cost.ideal_ratio(net._incremental_engine().graph, 10, rows, cols)
+    )
+    assert row["windows_evaluated"] == 32 and row["max_abs_dprob"] < 1e-5 and row["speedup"] > 0
+    key = {"model": "tiny", "backend": "torch-module", "device": "cpu", "method": "epda", "windows": 32}
+    store.write_cell(incremental_module.EXPERIMENT, key, [{"model": "tiny", **row}], ctx.cell_meta(),
+                     incremental_module.DESCRIPTION, incremental_module.COLUMNS)  # fmt: skip
+    readme = tmp_path / "README.md"
+    start, end = incremental_module.README_BLOCK
+    readme.write_text(f"before\n{start}\nold\n{end}\nafter\n")
+    assert incremental_module.update_readme(readme, tmp_path)
+    text = readme.read_text()
+    assert "old" not in text and "| tiny | efficient PDA |" in text and f"{row['speedup']:.2f}×" in text
+    assert text.startswith("before\n") and text.endswith(f"{end}\nafter\n")
