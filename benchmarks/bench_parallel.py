@@ -261,12 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--full-image",
-        default="efficientnet_lite0",
-        help="model whose whole image (every window at --full-image-stride) is also run, once per config "
-        "('' to skip)",
+        default="efficientnet_lite0,vgg16",
+        help="models (comma-separated) whose whole image (every window at --full-image-stride) is also run, "
+        "once per config ('' to skip)",
     )
     parser.add_argument("--full-image-stride", type=int, default=2)
     parser.add_argument("--scaling-rounds", type=int, default=3, help="rounds of the machine-scaling test")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows and per-model settings of models not run now from the existing parallel.csv/.json",
+    )
     parser.add_argument(
         "--projection-only",
         action="store_true",
@@ -419,9 +424,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{ref / med:.2f}× 1 process/2 threads; load {loads[name]})",
                 flush=True,
             )
-        if model == args.full_image:
+        if model in args.full_image.split(","):
             windows.CHUNK_DRAWS = default_chunk_draws
-            full_rows, full_image = full_image_rows(
+            full_rows, full_image[model] = full_image_rows(
                 net, x, gauss, top, args.full_image_stride, executor, startup[model]
             )
             rows += full_rows
@@ -432,6 +437,20 @@ def main(argv: list[str] | None = None) -> int:
     ratios_1 = [by[(m, "1proc_1thread")] / by[(m, "ray_2workers")] for m in models]
     speedup_1 = statistics.median(ratios_1) if ratios_1 else 1.0
     first = startup[models[0]]["total_s"] if models else 0.0
+    previous: dict = {}
+    if args.merge and (out_dir / "parallel.csv").is_file():
+        import json
+
+        import pandas as pd
+
+        kept = pd.read_csv(out_dir / "parallel.csv")
+        rows = kept[~kept["model"].isin(models)].to_dict("records") + rows
+        previous = json.loads((out_dir / "parallel.json").read_text())
+        for name, table in (("startup", startup), ("memory", memory), ("chunks", chunk_info),
+                            ("full_image", full_image)):  # fmt: skip
+            table.update(
+                {m: v for m, v in previous.get(name, {}).items() if m not in models and m not in table}
+            )
     atomic_write_csv(out_dir / "parallel.csv", rows)
     meta = {
         "what": "window-loop throughput: Ray workers vs one process; Ray start-up and memory "
@@ -462,6 +481,12 @@ def main(argv: list[str] | None = None) -> int:
         "load_1min_end": _load(),
         "machine": machine_metadata(),
     }
+    if previous:
+        meta["kept_from_previous_run"] = {
+            "models": sorted({r["model"] for r in rows} - set(models)),
+            "settings": previous.get("settings"),
+            "machine_scaling": previous.get("machine_scaling"),
+        }
     meta["machine_scaling"] = scaling
     meta["full_image"] = full_image
     meta["driver"] = driver_costs()

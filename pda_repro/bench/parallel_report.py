@@ -112,6 +112,15 @@ def summary_lines(env_dir: Path) -> list[str]:
             f"(start-up included), {threads:.0f} s in one process with 2 threads: {_x(before / now)} "
             f"(target {TARGET_DEFAULT_EXPLAIN:g}×{', met' if before / now >= TARGET_DEFAULT_EXPLAIN else ', not met'})."
         )
+    for model, c in meta.get("chunks", {}).items():
+        lone = by.get((model, "1proc_1thread"))
+        if lone is not None and "compute_s_per_window" in c:
+            alone = lone["seconds_median"] / lone["windows"]
+            lines.append(
+                f"- {model}: a worker computes {c['compute_s_per_window'] * 1000:.1f} ms per window while the other "
+                f"works too, the lone one-thread process {alone * 1000:.1f} ms "
+                f"({c['compute_s_per_window'] / alone:.2f}× slower side by side)."
+            )
     for model, s in meta.get("startup", {}).items():
         m = meta.get("memory", {}).get(model, {})
         workers = m.get("worker_rss_bytes") or []
