@@ -218,3 +218,60 @@ def test_models_without_rules_fall_back_to_full_and_say_so(cls, note):
     np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-7)
     with pytest.raises(ValueError, match="inference='incremental' is not available"):
         net.resolve_inference("incremental")
+
+
+def test_onnx_graph_rules_incremental_equals_full(tmp_path):
+    """A hand-built ONNX graph: asymmetric max-pool pads (onnx2torch: pad + pool in a Sequential),
+    Clip, Erf, Div/Add/Mul by constants and of maps, Concat, global pooling, Gemm."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pda_repro.backends.module_sources import load_onnx
+
+    g = np.random.default_rng(3)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((g.standard_normal(shape) * 0.4).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node(
+            "Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]
+        ),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1]),
+        helper.make_node("Div", ["p1", "two"], ["d1"]),
+        helper.make_node("Erf", ["d1"], ["e1"]),
+        helper.make_node("Add", ["e1", "shift"], ["a1"]),
+        helper.make_node("Mul", ["p1", "a1"], ["m1"]),
+        helper.make_node("Conv", ["m1", "w2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2),
+        helper.make_node("Concat", ["m1", "c2"], ["cat"], axis=1),
+        helper.make_node("GlobalAveragePool", ["cat"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "wf", "bf"], ["y"], transB=1),
+    ]
+    inits = [init("w1", 4, 3, 3, 3), init("b1", 4), init("w2", 4, 2, 3, 3), init("wf", 5, 8), init("bf", 5),
+             numpy_helper.from_array(np.array(-0.5, np.float32), "lo"),
+             numpy_helper.from_array(np.array(1.5, np.float32), "hi"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             init("shift", 1, 4, 1, 1)]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "rules", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 21, 19])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits,
+    )  # fmt: skip
+    path = tmp_path / "rules.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    module, shape = load_onnx(path)
+    assert shape == (3, 21, 19)
+    assert any(isinstance(m, nn.Sequential) for m in module.modules())  # the pad + pool pair
+    net = ModuleBackend(module, shape)
+    assert net.incremental_note() is None
+    x = g.standard_normal(shape).astype(np.float32)
+    for k in (1, 4):
+        rows, cols = corners(21, 19, k)
+        patches = (g.standard_normal((rows.size, 3, k, k)) * 2).astype(np.float32)
+        net.inference = "full"
+        p_full, l_full = net.forward_windows(x, rows, cols, patches)
+        net.inference = "incremental"
+        p_incr, l_incr = net.forward_windows(x, rows, cols, patches)
+        np.testing.assert_allclose(l_incr, l_full, rtol=0, atol=1e-5)
+        assert np.abs(p_incr - p_full).max() < 1e-6 and np.abs(l_full - net.forward(x[None])[1]).max() > 1e-3

@@ -56,6 +56,16 @@ DENSE_METHODS = {"view", "reshape", "flatten", "mean", "squeeze", "amax", "sum"}
 ONNX_DENSE = {"OnnxGlobalAveragePool", "OnnxGlobalAveragePoolWithKnownInputShape", "OnnxReshape",
               "OnnxFlatten", "OnnxShape", "OnnxGather", "OnnxUnsqueezeStaticAxes", "OnnxSqueezeStaticAxes"}  # fmt: skip
 ONNX_BINARY = {"add", "sub", "mul", "_onnx_div"}
+ONNX_POINTWISE = {
+    "OnnxClip",
+    "OnnxHardSigmoid",
+    "OnnxErf",
+    "OnnxNeg",
+    "OnnxFunction",
+    "OnnxSqrt",
+    "OnnxReciprocal",
+    "OnnxPow",
+}  # fmt: skip (elementwise; their other inputs are checked)
 
 
 def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1): ...
@@ -72,11 +82,22 @@ def _pair(v: Any) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))
 
 
+class _InlineSequential(fx.Tracer):
+    """Keeps every submodule of a GraphModule a leaf except nn.Sequential, whose children it traces
+    (onnx2torch wraps padding + pooling in one)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return not isinstance(m, nn.Sequential)
+
+
 def trace(module: nn.Module) -> fx.GraphModule:
-    """`module` as an fx.GraphModule (as it is when it already is one); forward's arguments after the
-    first are fixed at their defaults. Raises what torch.fx raises for an untraceable module."""
+    """`module` as an fx.GraphModule (a GraphModule, e.g. onnx2torch's, re-traced only through its
+    nn.Sequential parts); forward's arguments after the first are fixed at their defaults. Raises what
+    torch.fx raises for an untraceable module."""
     if isinstance(module, fx.GraphModule):
-        return module
+        if not any(isinstance(m, nn.Sequential) for m in module.modules()):
+            return module
+        return fx.GraphModule(module, _InlineSequential().trace(module))
     params = list(inspect.signature(module.forward).parameters.values())[1:]
     concrete = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
     return fx.symbolic_trace(module, concrete_args=concrete or None)
@@ -224,15 +245,17 @@ class _Builder:
     def _pointwise(self, n: fx.Node, module: Any, ins: list[fx.Node], out: tuple) -> bool:
         if len(ins) != 1 or self.shape(ins[0]) != out:
             return False
+        if type(module).__name__ in ONNX_POINTWISE or self._binary(n, module):
+            return self._channel_constants(n, ins)
         if module is not None:
             if isinstance(module, nn.BatchNorm2d):
                 return not module.training and module.running_mean is not None
             return isinstance(module, POINTWISE_MODULES)
+        if n.op == "call_function" and n.target is F.dropout:
+            return n.kwargs.get("training", n.args[2] if len(n.args) > 2 else True) is False
         if n.op == "call_function" and n.target in POINTWISE_FUNCTIONS:
             return self._channel_constants(n, ins)
         if n.op == "call_method" and n.target in POINTWISE_METHODS:
-            return self._channel_constants(n, ins)
-        if self._binary(n, module):
             return self._channel_constants(n, ins)
         return False
 
@@ -304,10 +327,10 @@ class _Builder:
             what = type(self.modules[n.target]).__name__ if n.op == "call_module" else _target_name(n)
             if kind is None and first_dense is None:
                 unsupported.append(f"{name!r} ({what})")
-            kind = kind or "dense"
             if kind == "dense" and first_dense is None:
                 first_dense = name
-            if kind == "local" and first_dense is not None:
+            kind = kind or "dense"
+            if kind == "local" and first_dense is not None and self.shape(ins[0])[2:] != (1, 1):
                 unsupported.append(f"{name!r} ({what}) after the global {first_dense!r}")
                 kind = "dense"
             node = Node(name, what, kind, tuple(a.name for a in ins), (n.name,), self.full(n, ins))
