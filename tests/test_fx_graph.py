@@ -203,7 +203,7 @@ class Squeeze(nn.Module):
     [
         (DataDependent, "torch.fx cannot trace DataDependent"),
         (Flipper, "no incremental rule for 'flip' (flip)"),
-        (Squeeze, "'conv2' (Conv2d) after the global"),
+        (Squeeze, "'conv2' (Conv2d) after the switch to full inference at 'adaptive_avg_pool2d'"),
     ],
 )
 def test_models_without_rules_fall_back_to_full_and_say_so(cls, note):
@@ -275,3 +275,34 @@ def test_onnx_graph_rules_incremental_equals_full(tmp_path):
         p_incr, l_incr = net.forward_windows(x, rows, cols, patches)
         np.testing.assert_allclose(l_incr, l_full, rtol=0, atol=1e-5)
         assert np.abs(p_incr - p_full).max() < 1e-6 and np.abs(l_full - net.forward(x[None])[1]).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("arch", "note"),
+    [
+        ("mobilenet_v2", None),
+        ("googlenet", None),
+        ("densenet121", None),
+        ("squeezenet1_0", None),
+        ("efficientnet_b0", "after the switch to full inference at 'features.1.0.block.1.avgpool'"),
+        ("shufflenet_v2_x0_5", "after the switch to full inference at 'view'"),  # channel shuffle
+    ],
+)
+def test_torchvision_architectures(arch, note):
+    """Which torchvision classifiers run incrementally (equal to full), which fall back and why."""
+    torch.set_num_threads(1)
+    net = ModuleBackend(torchvision_model(arch, seed=1), (3, 96, 96))
+    if note is not None:
+        assert note in net.incremental_note()
+        return
+    assert net.incremental_note() is None
+    g = np.random.default_rng(4)
+    x = g.standard_normal((3, 96, 96)).astype(np.float32)
+    rows, cols = corners(96, 96, 10)
+    patches = (g.standard_normal((rows.size, 3, 10, 10)) * 2).astype(np.float32)
+    logits = {}
+    for mode in ("full", "incremental"):
+        net.inference = mode
+        logits[mode] = net.forward_windows(x, rows, cols, patches)[1]
+    scale = max(1.0, float(np.abs(logits["full"]).max()))
+    assert np.abs(logits["full"] - logits["incremental"]).max() < 1e-4 * scale

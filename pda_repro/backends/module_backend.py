@@ -134,7 +134,8 @@ class ModuleBackend(TorchBackend):
             try:
                 two = self.module(x)
                 self._check_scores(two, 2)
-                same = torch.allclose(two[:1], one, rtol=1e-4, atol=1e-5)
+                scale = max(1.0, float(one.abs().max()))  # float32 rounding differs with the batch
+                same = float((two[:1] - one).abs().max()) <= 1e-4 * scale
             except (RuntimeError, BackendError):
                 same = False
         if not same:  # e.g. an ONNX file exported with batch size 1 fixed

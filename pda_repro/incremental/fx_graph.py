@@ -327,11 +327,11 @@ class _Builder:
             what = type(self.modules[n.target]).__name__ if n.op == "call_module" else _target_name(n)
             if kind is None and first_dense is None:
                 unsupported.append(f"{name!r} ({what})")
-            if kind == "dense" and first_dense is None:
+            if kind == "dense" and first_dense is None and n not in self.shape_only:
                 first_dense = name
             kind = kind or "dense"
             if kind == "local" and first_dense is not None and self.shape(ins[0])[2:] != (1, 1):
-                unsupported.append(f"{name!r} ({what}) after the global {first_dense!r}")
+                unsupported.append(f"{name!r} ({what}) after the switch to full inference at {first_dense!r}")
                 kind = "dense"
             node = Node(name, what, kind, tuple(a.name for a in ins), (n.name,), self.full(n, ins))
             shapes[n.name] = self.shape(n)
