@@ -211,6 +211,8 @@ def test_output_kinds():
         logits_net.forward(x)[1] - logits_net.forward(x)[1].max(1, keepdims=True),
         atol=1e-4,
     )  # noqa: E501
+    double = load_model(tiny(5).double(), input_shape=(3, 8, 8))  # run in float32, as every backend
+    np.testing.assert_array_equal(double.forward(x)[1], logits_net.forward(x)[1])
     with pytest.raises(ValueError, match="output='probabilities' but the model's outputs"):
         load_model(tiny(5), input_shape=(3, 8, 8), output="probabilities")
 
@@ -336,7 +338,7 @@ def test_captum_style_api_equals_explain():
 
 # -- the command line --------------------------------------------------------------------------------
 def test_cli_explains_an_onnx_model_and_rejects_bad_models(tmp_path, capsys):
-    export_onnx(tiny(8, lambda: Tiny(1000)), tmp_path / "net.onnx", (3, 32, 32))
+    export_onnx(tiny(8, lambda: Tiny(7)), tmp_path / "net.onnx", (3, 32, 32))  # imagenet's names do not fit
     photo = data.photo_paths()["baboon"]
     common = ["--stride", "8", "--sampler", "marginal", "--no-progress", "--workers", "1"]
     out = tmp_path / "out"
@@ -350,6 +352,7 @@ def test_cli_explains_an_onnx_model_and_rejects_bad_models(tmp_path, capsys):
         and (out / "baboon.png").is_file()
     )
     assert summary["settings"]["inference"] == "incremental" and summary["prototxt"].endswith("net.onnx")
+    assert summary["explained"][0]["name"].startswith("class ") and len(summary["top5"]) == 5
     export_onnx(tiny(8, lambda: Probabilities(3)), tmp_path / "probs.onnx", (3, 32, 32))
     (tmp_path / "labels.txt").write_text("a\nb\nc\n")
     (tmp_path / "pre.json").write_text(json.dumps({"crop": 32, "resize": 40, "class_names": "labels.txt"}))

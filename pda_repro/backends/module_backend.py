@@ -100,7 +100,7 @@ class ModuleBackend(TorchBackend):
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         self.input_shape = shape
         self.output = output
-        self.module = copy.deepcopy(module).to(self.device).eval()
+        self.module = copy.deepcopy(module).to(self.device).float().eval()  # float32, as every backend
         self.model = self  # TorchBackend's methods call self.model.run / self.model.resolve
         for m in self.module.modules():
             if getattr(m, "inplace", False) is True:

@@ -171,7 +171,9 @@ def module_backend(
     """A ModuleBackend for an nn.Module, an .onnx path or "torchvision:<arch>", with `model_spec`
     (its preprocessing, pda_repro.presets) and `weights_source` set. weights: a state_dict (dict or
     file) copied in strictly; None: the module's own weights (torchvision: seeded random)."""
-    from pda_repro import presets  # noqa: PLC0415
+    from dataclasses import replace  # noqa: PLC0415
+
+    from pda_repro import presets, zoo  # noqa: PLC0415
     from pda_repro.backends.module_backend import ModuleBackend, check_input_shape  # noqa: PLC0415
 
     default_pre: Any = "imagenet"
@@ -202,6 +204,10 @@ def module_backend(
         else:
             net.load_weights(weights)
             source = str(weights)
+    if (
+        spec.class_names == zoo.ILSVRC_CLASS_NAMES and net.num_classes != 1000
+    ):  # the preset's, not the model's
+        spec = replace(spec, class_names=None)
     net.model_spec = spec
     net.weights_source = source
     return net
