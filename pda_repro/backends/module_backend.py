@@ -1,6 +1,6 @@
 """A PyTorch nn.Module (your own, torchvision's, or an ONNX file converted by onnx2torch) as a Backend.
 
-The module is copied (the caller's stays as it was), put in eval mode, and its in-place activations
+The module is copied (the caller's stays as it was), put in float32 and eval mode, and its in-place activations
 switched off (the incremental engine keeps activations, which in-place ops would overwrite). Its
 output is (N, K) class scores: `output="logits"` (the default; probabilities = softmax) or
 `output="probabilities"` (logits = log p, so softmax(logits) = p again).
