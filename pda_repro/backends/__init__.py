@@ -82,7 +82,9 @@ def load_backend(
             raise BackendError(f"PyTorch and ONNX models run on the torch backend, not {backend!r}")
         return module_backend(model, weights=weights, device=device, batch=batch, seed=seed, **module_options)
     if module_options:
-        raise BackendError(f"{', '.join(sorted(module_options))}: only for PyTorch/ONNX models, not {model!r}")
+        raise BackendError(
+            f"{', '.join(sorted(module_options))}: only for PyTorch/ONNX models, not {model!r}"
+        )
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     spec, _, net = resolve_model(model)
