@@ -64,8 +64,10 @@ def tiny(seed: int = 0, cls: type[nn.Module] = Tiny) -> nn.Module:
     return net.eval()
 
 
-def export_onnx(module: nn.Module, path, shape, dynamic: bool = True) -> None:
-    axes = {"input": {0: "N"}, "scores": {0: "N"}} if dynamic else None
+def export_onnx(module: nn.Module, path, shape, dynamic: bool = True, any_size: bool = False) -> None:
+    axes = (
+        {"input": {0: "N", 2: "H", 3: "W"} if any_size else {0: "N"}, "scores": {0: "N"}} if dynamic else None
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (torch.zeros(1, *shape),), str(path), dynamo=False, opset_version=13,
@@ -362,6 +364,9 @@ def test_cli_explains_an_onnx_model_and_rejects_bad_models(tmp_path, capsys):
     summary = json.loads((tmp_path / "out3" / "baboon.json").read_text())
     assert summary["settings"]["preprocessing"].endswith("_r40_bilinear_3x32x32")
     assert [c["name"] for c in summary["explained"]] == ["c"] and summary["top5"][0]["prob"] > 0
+    export_onnx(
+        nn.Sequential(nn.Flatten(), nn.Linear(27, 3)), tmp_path / "linear.onnx", (3, 3, 3), any_size=True
+    )
     (tmp_path / "x.onnx").write_bytes(b"\x00garbage")
     (tmp_path / "bad.pth").write_bytes(pickle.dumps({"fc.weight": torch.zeros(3)}))
     buffer = io.BytesIO()
@@ -376,6 +381,7 @@ def test_cli_explains_an_onnx_model_and_rejects_bad_models(tmp_path, capsys):
         ),
         (["--model", str(tmp_path / "net.onnx"), "--preprocess", str(tmp_path / "no.json")], "not found"),
         (["--model", str(tmp_path / "net.onnx"), "--backend", "caffe"], "run on the torch backend"),
+        (["--model", str(tmp_path / "linear.onnx")], "input_shape (3, 224, 224) does not run through linear"),
     ):
         assert cli.main(["explain", str(photo), *args, "--out", str(tmp_path / "o2"), *common]) == 2
         errors = [
