@@ -40,7 +40,7 @@ def summary_lines(env_dir: Path) -> list[str]:
         return []
     by = _by_config(data)
     rows = []
-    for model in dict.fromkeys(data["model"]):
+    for model in sorted(set(data["model"])):
         sub = {c: by.get((model, c)) for c in ("1proc_2threads", "1proc_1thread", "ray_2workers")}
         if all(v is not None for v in sub.values()):
             two, one, ray = (
@@ -85,8 +85,8 @@ def summary_lines(env_dir: Path) -> list[str]:
             f"the ratio of the two, {_x(procs / threads)}, is what workers can gain over threads on this machine."
         )
     ratios = {m: by[(m, "1proc_2threads")]["seconds_median"] / by[(m, "ray_2workers")]["seconds_median"]
-              for m in dict.fromkeys(data["model"]) if (m, "ray_2workers") in by and (m, "1proc_2threads") in by}  # fmt: skip
-    for m in dict.fromkeys(data["model"]):  # the whole-image runs count too
+              for m in sorted(set(data["model"])) if (m, "ray_2workers") in by and (m, "1proc_2threads") in by}  # fmt: skip
+    for m in sorted(set(data["model"])):  # the whole-image runs count too
         if (m, "full_image_ray_2workers") in by and (m, "full_image_1proc_2threads") in by:
             ratios[f"{m} (whole image)"] = (
                 by[(m, "full_image_1proc_2threads")]["seconds_median"]
@@ -119,7 +119,7 @@ def summary_lines(env_dir: Path) -> list[str]:
             lines.append(
                 f"- {model}: a worker computes {c['compute_s_per_window'] * 1000:.1f} ms per window while the other "
                 f"works too, the lone one-thread process {alone * 1000:.1f} ms "
-                f"({c['compute_s_per_window'] / alone:.2f}× slower side by side)."
+                f"(side by side / alone: {c['compute_s_per_window'] / alone:.2f})."
             )
     for model, s in meta.get("startup", {}).items():
         m = meta.get("memory", {}).get(model, {})
