@@ -1210,16 +1210,11 @@ def _coverage_warning(args: argparse.Namespace, spec: Any, uses: frozenset[str])
     """A warning when the window grid leaves pixels that no window covers (their map value is 0)."""
     if not {"window", "stride"} <= uses:
         return None
+    from pda_repro.grid import WindowGrid
+
     k, s = args.window, args.stride
-
-    def covered(n: int) -> np.ndarray:
-        mask = np.zeros(n, dtype=bool)
-        for start in range(0, n - k + 1, s):
-            mask[start : start + k] = True
-        return mask
-
     _, h, w = (int(v) for v in spec.input_shape)
-    fraction = 1.0 - covered(h).mean() * covered(w).mean()
+    fraction = 1.0 - WindowGrid(h, w, k, s).coverage().mean()
     if fraction <= 0:
         return None
     why = (

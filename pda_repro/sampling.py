@@ -55,6 +55,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 from scipy.linalg import LinAlgError, blas, cho_factor, cholesky, solve_triangular
 
+from pda_repro.grid import WindowGrid, window_starts
 from pda_repro.io import atomic_writer, remove_stale_temps
 from pda_repro.paths import cache_dir
 
@@ -80,15 +81,6 @@ _CHUNK_WINDOWS = 2048  # windows per matrix product (bounds temporary memory, ke
 def default_cache_dir() -> Path:
     """Where fitted patch Gaussians are cached: the cache directory's samplers/ (pda_repro.paths)."""
     return cache_dir("samplers")
-
-
-def window_starts(size: int, k: int, stride: int = 1) -> np.ndarray:
-    """Top-left coordinates 0, stride, 2·stride, … ≤ size − k of the windows along one axis."""
-    if not isinstance(stride, int | np.integer) or stride < 1:
-        raise ValueError(f"stride must be a positive integer, got {stride!r}")
-    if k > size:
-        raise ValueError(f"window k={k} is larger than the image side {size}")
-    return np.arange(0, size - k + 1, stride, dtype=np.int64)
 
 
 def _check_dtype(dtype: DTypeLike) -> np.dtype:
@@ -258,10 +250,11 @@ class WindowImputer(ABC):
         shape = np.shape(x)
         if len(shape) != 3:
             raise ValueError(f"expected one image C×H×W, got an array of shape {shape}")
-        rs = window_starts(shape[1], self.k, stride)
-        cs = window_starts(shape[2], self.k, stride)
-        rows, cols = np.meshgrid(rs, cs, indexing="ij")
-        return rows.ravel(), cols.ravel(), rs.size, cs.size
+        window_starts(shape[1], self.k, stride)  # checks stride and k (ValueError naming them)
+        window_starts(shape[2], self.k, stride)
+        grid = WindowGrid(shape[1], shape[2], self.k, stride)
+        rows, cols = grid.corners()
+        return rows, cols, grid.n_rows, grid.n_cols
 
     def conditional_means(self, x: ArrayLike, stride: int = 1, dtype: DTypeLike = np.float32) -> np.ndarray:
         """Every window's mean, (n_rows, n_cols, C, k, k); windows at 0, stride, … ≤ H − k (row-major)."""

@@ -67,6 +67,7 @@ import numpy as np
 
 from pda_repro.bench.results import RESULTS_DIR, atomic_write_bytes, atomic_write_json
 from pda_repro.explain import explain, load_model
+from pda_repro.grid import WindowGrid
 from pda_repro.io import file_digest
 from pda_repro.paths import cache_dir
 
@@ -437,7 +438,7 @@ def default_setup(settings: Settings | None = None) -> Setup:
     side = int(eff.input_shape[-1])  # 224: square inputs
 
     def n_windows(stride: int) -> int:
-        return ((side - k) // stride + 1) ** 2
+        return WindowGrid(side, side, k, stride).n_windows
 
     def uncovered(stride: int) -> int:  # pixel rows/columns at the far edges that no window reaches
         return (side - k) % stride
@@ -1107,17 +1108,8 @@ def _write_figure_json(fig: FigureSpec, image_set: ImageSet, names: list[str], r
 # Render (data only)
 # --------------------------------------------------------------------------------------------------
 def coverage_mask(height: int, width: int, window: int, stride: int) -> np.ndarray:
-    """H×W bool: True where at least one k×k window of the stride-s grid (corners 0, s, 2s, ... <= H-k)
-    covers the pixel (pda_repro.methods.WindowGrid)."""
-    last_r = (height - window) // stride * stride + window
-    last_c = (width - window) // stride * stride + window
-    covered = np.zeros((height, width), dtype=bool)
-    covered[:last_r, :last_c] = True
-    if stride > window:  # gaps between windows
-        rows = (np.arange(height) % stride) < window
-        cols = (np.arange(width) % stride) < window
-        covered &= rows[:, None] & cols[None, :]
-    return covered
+    """H×W bool: True where a window of the stride-s grid covers the pixel (WindowGrid.coverage)."""
+    return WindowGrid(height, width, window, stride).coverage()
 
 
 def _wrap(text: str, width: int) -> str:

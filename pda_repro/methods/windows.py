@@ -30,7 +30,7 @@ import os
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,6 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pda_repro.backends.base import Backend
+from pda_repro.grid import WindowGrid
 from pda_repro.methods.base import (
     Method,
     MethodResult,
@@ -56,66 +57,6 @@ CHUNK_DRAWS = 2560
 # --------------------------------------------------------------------------------------------------
 # Windows
 # --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class WindowGrid:
-    """All k×k windows of an H×W image whose top-left corners are at rows/cols 0, s, 2s, ... ≤ H−k.
-
-    Windows are numbered row-major. With stride 1 there are (H−k+1)(W−k+1) of them (paper Sec. 2).
-    When (H−k) is not a multiple of the stride the last rows/columns of pixels are covered by no
-    window; they get the value 0 and the count 0 in `average_over_windows`.
-    """
-
-    height: int
-    width: int
-    window: int
-    stride: int = 1
-
-    @property
-    def n_rows(self) -> int:
-        return (self.height - self.window) // self.stride + 1
-
-    @property
-    def n_cols(self) -> int:
-        return (self.width - self.window) // self.stride + 1
-
-    @property
-    def n_windows(self) -> int:
-        return self.n_rows * self.n_cols
-
-    def corners(self, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-left (rows, cols) pixel coordinates of the windows `ids` (default all), int64."""
-        if ids is None:
-            ids = np.arange(self.n_windows)
-        ids = np.asarray(ids, dtype=np.int64)
-        return (ids // self.n_cols) * self.stride, (ids % self.n_cols) * self.stride
-
-    def subset(self, count: int | Sequence[int] | np.ndarray | None) -> np.ndarray:
-        """`count` window ids spread evenly over all windows (all of them when count is None), or,
-        for a sequence, exactly those window ids (distinct, in 0..n_windows-1; returned sorted).
-
-        Used to time a run on a fixed fraction of the windows and extrapolate."""
-        n = self.n_windows
-        if count is None:
-            return np.arange(n, dtype=np.int64)
-        if isinstance(count, np.ndarray | list | tuple):
-            ids = np.asarray(count)
-            if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-                raise ValueError(
-                    f"window_subset ids must be a non-empty 1-D sequence of integers, got {ids!r}"
-                )
-            if ids.min() < 0 or ids.max() >= n or np.unique(ids).size != ids.size:
-                raise ValueError(f"window_subset ids must be distinct integers in 0..{n - 1}, got {ids!r}")
-            return np.sort(ids).astype(np.int64)
-        if isinstance(count, bool) or not isinstance(count, int | np.integer) or not 1 <= count <= n:
-            raise ValueError(
-                f"window_subset must be an integer in 1..{n} (the number of windows), got {count!r}"
-            )
-        if count == 1:
-            return np.array([n // 2], dtype=np.int64)
-        # spacing (n-1)/(count-1) >= 1, so the rounded positions are distinct
-        return np.round(np.linspace(0, n - 1, count)).astype(np.int64)
-
-
 def average_over_windows(
     values: np.ndarray, rows: np.ndarray, cols: np.ndarray, window: int, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray]:
