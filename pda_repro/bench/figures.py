@@ -1099,6 +1099,7 @@ RANKED_METRICS = (
 )
 AGREEMENT_METRICS = {"spearman": "Spearman ρ", "ssim": "SSIM", "top_overlap": "top-10 % overlap"}
 CONTROL_MAPS = ("random", "constant")
+EXPERIMENT_FAITHFULNESS = "faithfulness"
 MIN_IMAGES_FOR_A_VERDICT = 3  # the README says "differs" only with intervals over at least this many images
 # a coarser stride "keeps" the stride-1 map when the 95 % interval of their Spearman ρ lies above this
 STRIDE_RHO = 0.9
@@ -1335,7 +1336,9 @@ def _faithfulness_section(env_dir: Path) -> list[str]:
         "*against* the class first; the PDA-family maps are signed, saliency and Grad-CAM are not.",
         "",
     ]
-    meta = {**_meta(env_dir, "agreement").get("cells", {})}
+    meta = {
+        **_meta(env_dir, EXPERIMENT_FAITHFULNESS).get("cells", {})
+    }  # the ranked maps: their plan, their cost
     for model in _models_sorted(frame["model"]) if not frame.empty else []:
         sub = frame[frame["model"] == model]
         plan_notes = [c.get("notes", {}) for cid, c in meta.items() if f"model={model}|" in f"{cid}|"]
@@ -1353,7 +1356,7 @@ def _faithfulness_section(env_dir: Path) -> list[str]:
                 cost = _map_costs(meta, model)
                 if cost:
                     lines += ["CPU seconds per computed map (median over the images it was computed on; "
-                              "agreement.json): " + "; ".join(cost) + ".", ""]  # fmt: skip
+                              "faithfulness.json): " + "; ".join(cost) + ".", ""]  # fmt: skip
             if j == 0 and len(groups) > 1:
                 lines += ["Only the maps made on all of these images are ranked here; the next table ranks every "
                           "map on the images they share.", ""]  # fmt: skip
