@@ -415,8 +415,18 @@ def test_incremental_benchmark_row_and_readme_table(tmp_path):
     image = np.random.default_rng(9).standard_normal((3, 24, 24)).astype(np.float32)
     store = ResultStore(tmp_path, "cpu-test")
     ctx = BenchContext(store=store, threads=1)
-    row = incremental.measure_net(ctx, net, "tiny", "epda", 32, image, "noise", MarginalSampler(image[None], 10),
-                                  net.weights_source)  # fmt: skip
+    runs = [
+        incremental.measure_net(ctx, net, "tiny", "epda", 32, image, "noise", MarginalSampler(image[None], 10),
+                                net.weights_source)
+        for _ in range(3)
+    ]  # fmt: skip
+    row = incremental_module.median_row(runs)
+    speedups = sorted(r["speedup"] for r in runs)
+    assert row["speedup"] == speedups[1] and (row["speedup_min"], row["speedup_max"]) == (
+        speedups[0],
+        speedups[2],
+    )
+    assert row["repeats"] == 3 and len(row["speedups"].split()) == 3
     rows, cols = WindowGrid(24, 24, 10, 1).corners()
     assert row["ideal_ratio"] == pytest.approx(
         cost.ideal_ratio(net._incremental_engine().graph, 10, rows, cols)

@@ -3,12 +3,14 @@ pda_repro/bench/incremental.py, measured by its `measure_net` (the same ABBA ord
 
 Setting: torchvision resnet18 with seeded random weights (seed 0; the speed of a forward pass does
 not depend on the weights), torchvision's ImageNet preprocessing, efficient PDA, k=10, l=18, stride 1,
-the predicted class of the Figure 12 photo, 1 torch thread; WINDOWS windows in runs of RUN
-consecutive windows spread over the image (extrapolated to all windows as in the Caffe rows). The
+the predicted class of the Figure 12 photo, 1 torch thread; REPEATS ABBA measurements one after the
+other, each of WINDOWS windows in runs of RUN consecutive windows spread over the image
+(extrapolated to all windows as in the Caffe rows); the row is the repetition with the median
+speed-up, with the range of all (on a shared machine a single run still sees the load change). The
 conditional sampler is fitted on the bundled photos (cached on disk). Rows go to
 results/<env>/incremental_module.csv/json with the machine's metadata.
 
-    python -m pda_repro.bench.incremental_module [--windows 256] [--force]
+    python -m pda_repro.bench.incremental_module [--windows 64] [--repeats 7] [--force]
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from pda_repro.bench.results import RESULTS_DIR, ResultStore, env_name
 EXPERIMENT = "incremental_module"
 MODELS = ("torchvision:resnet18",)
 METHOD = "epda"
-WINDOWS = 256
+WINDOWS = 64
+REPEATS = 7
 DESCRIPTION = (
     "Incremental vs full inference of PyTorch models (torch.fx graph on the incremental engine): one efficient-PDA "
     "explanation timed in both modes on the same windows (order full, incremental, incremental, full), at the "
@@ -36,6 +39,10 @@ COLUMNS = {
     "model": "PyTorch model (torchvision:<arch>, seeded random weights)",
     "backend": "torch-module (pda_repro.backends.module_backend)",
     "fraction_of_ideal_run_estimate": "speedup_run_estimate / ideal_ratio",
+    "repeats": "ABBA measurements of the cell, one after the other; the row is the one with the median speed-up",
+    "speedups": "the speed-up of every repetition, in order (space separated)",
+    "speedup_min": "the smallest speed-up of the repetitions",
+    "speedup_max": "the largest speed-up of the repetitions",
 }
 
 
@@ -58,8 +65,17 @@ def sampler_for(ctx: BenchContext, net: Any, model: str) -> Any:
     )  # fmt: skip
 
 
-def measure(ctx: BenchContext, model: str, windows: int) -> dict[str, Any]:
-    """One row of incremental.measure_net for a PyTorch model."""
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row with the median speed-up (the upper one of an even count), with the repetitions' range."""
+    speedups = [r["speedup"] for r in rows]
+    row = dict(rows[sorted(range(len(rows)), key=speedups.__getitem__)[len(rows) // 2]])
+    row.update(repeats=len(rows), speedups=" ".join(f"{v:.3f}" for v in speedups), speedup_min=min(speedups),
+               speedup_max=max(speedups))  # fmt: skip
+    return row
+
+
+def measure(ctx: BenchContext, model: str, windows: int, repeats: int = REPEATS) -> dict[str, Any]:
+    """The median of `repeats` rows of incremental.measure_net for a PyTorch model."""
     from pda_repro.bench.inputs import TIMING_PHOTO
     from pda_repro.data import photo_paths
     from pda_repro.explain import load_model
@@ -69,14 +85,20 @@ def measure(ctx: BenchContext, model: str, windows: int) -> dict[str, Any]:
     image = load_image(photo_paths()[TIMING_PHOTO], net.model_spec).x
     sampler = sampler_for(ctx, net, model)
     sampler.precompute(*image.shape[1:])
-    row = incremental.measure_net(
-        ctx, net, model, METHOD, windows, image, TIMING_PHOTO, sampler, net.weights_source
-    )
+    rows = [
+        incremental.measure_net(
+            ctx, net, model, METHOD, windows, image, TIMING_PHOTO, sampler, net.weights_source
+        )
+        for _ in range(repeats)
+    ]
+    row = median_row(rows)
     row["fraction_of_ideal_run_estimate"] = row["speedup_run_estimate"] / row["ideal_ratio"]
     return {"model": model, "backend": net.name, "device": ctx.device, "method": METHOD, **row}
 
 
-def run(results_dir: str | Path = RESULTS_DIR, windows: int = WINDOWS, force: bool = False) -> Path:
+def run(
+    results_dir: str | Path = RESULTS_DIR, windows: int = WINDOWS, force: bool = False, repeats: int = REPEATS
+) -> Path:
     """Measure every model of MODELS not yet stored (all with force); returns the CSV path."""
     from pda_repro.bench.runner import limit_threads
 
@@ -90,13 +112,14 @@ def run(results_dir: str | Path = RESULTS_DIR, windows: int = WINDOWS, force: bo
             "device": "cpu",
             "method": METHOD,
             "windows": windows,
+            "repeats": repeats,
         }
         if not force and store.has_cell(EXPERIMENT, key):
             continue
-        row = measure(ctx, model, windows)
+        row = measure(ctx, model, windows, repeats)
         setting = (f"{model} k={incremental.WINDOW} l={incremental.OUTER} S=1 stride={incremental.STRIDE} {METHOD}, "
                    f"batch {row['batch']} windows per call, inference full vs incremental (ABBA), {windows} windows, "
-                   "torch-module backend, 1 torch thread")  # fmt: skip
+                   f"median of {repeats} repetitions, torch-module backend, 1 torch thread")  # fmt: skip
         meta = ctx.cell_meta(setting=setting, batch=row["batch"])
         store.write_cell(EXPERIMENT, key, [row], meta, DESCRIPTION, COLUMNS)
     return store.csv_path(EXPERIMENT)
@@ -114,7 +137,8 @@ def readme_table(results_dir: str | Path = RESULTS_DIR) -> str:
     import pandas as pd
 
     lines = ["| model | method | full | incremental | speed-up | whole-run estimate | ideal (MAC ratio) | "
-             "fraction of ideal | stored | 1-min load | setting |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "fraction of ideal | range of repetitions | stored | 1-min load | setting |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for csv in sorted(Path(results_dir).glob(f"*/{EXPERIMENT}.csv")):
         meta = ResultStore(Path(results_dir), csv.parent.name).read_meta(EXPERIMENT).get("cells", {})
         for _, r in pd.read_csv(csv).iterrows():
@@ -122,9 +146,10 @@ def readme_table(results_dir: str | Path = RESULTS_DIR) -> str:
             lines.append(
                 f"| {r['model']} | efficient PDA | {r['full_seconds'] / 60:.1f} min | "
                 f"{r['incremental_seconds'] / 60:.1f} min | {r['speedup']:.2f}× | {r['speedup_run_estimate']:.2f}× | "
-                f"{r['ideal_ratio']:.2f}× | {r['fraction_of_ideal']:.0%} | {r['base_state_mib']:.0f} MiB | {load} | "
+                f"{r['ideal_ratio']:.2f}× | {r['fraction_of_ideal']:.0%} | {r['speedup_min']:.2f}–{r['speedup_max']:.2f}× "
+                f"({int(r['repeats'])} runs) | {r['base_state_mib']:.0f} MiB | {load} | "
                 f"{csv.parent.name}, k={r['window']}, l={r['outer']}, stride {r['stride']}, batch {int(r['batch'])}, "
-                f"1 thread, {r['weights']} weights, extrapolated from {int(r['windows_evaluated'])} of "
+                f"1 thread, {r['weights']} weights, median of {int(r['repeats'])} runs, extrapolated from {int(r['windows_evaluated'])} of "
                 f"{int(r['windows_total'])} windows |"
             )  # fmt: skip
     return "\n".join(lines)
@@ -146,6 +171,7 @@ def update_readme(readme: str | Path, results_dir: str | Path = RESULTS_DIR) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=WINDOWS, help="windows timed per mode")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="ABBA repetitions (the median is kept)")
     parser.add_argument("--results", default=str(RESULTS_DIR), help="results directory")
     parser.add_argument("--force", action="store_true", help="re-measure stored cells")
     parser.add_argument("--readme", nargs="?", const="README.md", default=None, metavar="FILE",
@@ -154,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme:
         print(f"{args.readme}: {'updated' if update_readme(args.readme, args.results) else 'no block'}")
         return 0
-    print(run(args.results, args.windows, args.force))
+    print(run(args.results, args.windows, args.force, args.repeats))
     return 0
 
 
