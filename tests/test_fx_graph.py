@@ -90,6 +90,28 @@ class Branches(nn.Module):
         return F.linear(torch.flatten(F.adaptive_avg_pool2d(z, 1), 1), self.fc.weight, self.fc.bias)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def both_modes(net: ModuleBackend, k: int, seed: int) -> tuple[np.ndarray, dict[str, tuple]]:
+    """(the image, {mode: (probs, logits)}) of a noise image with k×k noise windows at corners(...)."""
+    g = np.random.default_rng(seed)
+    _, h, w = net.input_shape
+    x = g.standard_normal((3, h, w)).astype(np.float32)
+    rows, cols = corners(h, w, k)
+    patches = (g.standard_normal((rows.size, 3, k, k)) * 2).astype(np.float32)
+    out = {}
+    for mode in ("full", "incremental"):
+        net.inference = mode
+        out[mode] = net.forward_windows(x, rows, cols, patches)
+    return x, out
+
+
 def corners(h: int, w: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Windows at the 4 corners, the middle of each edge, and 3 inside."""
     rows = [0, 0, h - k, h - k, 0, h - k, (h - k) // 2, (h - k) // 2, 1, (h - k) // 3, h - k - 1]
@@ -140,17 +162,9 @@ def test_average_pool_divisors_and_pad_value_matter():
 
 
 def test_resnet18_incremental_equals_full_at_corners_edges_interior():
-    torch.set_num_threads(1)
     net = ModuleBackend(torchvision_model("resnet18", seed=0), (3, 224, 224), seed=0)
     assert net.incremental_note() is None
-    g = np.random.default_rng(5)
-    x = g.standard_normal((3, 224, 224)).astype(np.float32)
-    rows, cols = corners(224, 224, 10)
-    patches = (g.standard_normal((rows.size, 3, 10, 10)) * 2).astype(np.float32)
-    results = {}
-    for mode in ("full", "incremental"):
-        net.inference = mode
-        results[mode] = net.forward_windows(x, rows, cols, patches)
+    x, results = both_modes(net, 10, 5)
     (p_full, l_full), (p_incr, l_incr) = results["full"], results["incremental"]
     assert np.abs(p_full - p_incr).max() < 1e-5
     assert np.abs(l_full - l_incr).max() < 1e-4 * max(1.0, np.abs(l_full).max())
@@ -265,14 +279,9 @@ def test_onnx_graph_rules_incremental_equals_full(tmp_path):
     assert any(isinstance(m, nn.Sequential) for m in module.modules())  # the pad + pool pair
     net = ModuleBackend(module, shape)
     assert net.incremental_note() is None
-    x = g.standard_normal(shape).astype(np.float32)
     for k in (1, 4):
-        rows, cols = corners(21, 19, k)
-        patches = (g.standard_normal((rows.size, 3, k, k)) * 2).astype(np.float32)
-        net.inference = "full"
-        p_full, l_full = net.forward_windows(x, rows, cols, patches)
-        net.inference = "incremental"
-        p_incr, l_incr = net.forward_windows(x, rows, cols, patches)
+        x, out = both_modes(net, k, k)
+        (p_full, l_full), (p_incr, l_incr) = out["full"], out["incremental"]
         np.testing.assert_allclose(l_incr, l_full, rtol=0, atol=1e-5)
         assert np.abs(p_incr - p_full).max() < 1e-6 and np.abs(l_full - net.forward(x[None])[1]).max() > 1e-3
 
@@ -290,19 +299,11 @@ def test_onnx_graph_rules_incremental_equals_full(tmp_path):
 )
 def test_torchvision_architectures(arch, note):
     """Which torchvision classifiers run incrementally (equal to full), which fall back and why."""
-    torch.set_num_threads(1)
     net = ModuleBackend(torchvision_model(arch, seed=1), (3, 96, 96))
     if note is not None:
         assert note in net.incremental_note()
         return
     assert net.incremental_note() is None
-    g = np.random.default_rng(4)
-    x = g.standard_normal((3, 96, 96)).astype(np.float32)
-    rows, cols = corners(96, 96, 10)
-    patches = (g.standard_normal((rows.size, 3, 10, 10)) * 2).astype(np.float32)
-    logits = {}
-    for mode in ("full", "incremental"):
-        net.inference = mode
-        logits[mode] = net.forward_windows(x, rows, cols, patches)[1]
-    scale = max(1.0, float(np.abs(logits["full"]).max()))
-    assert np.abs(logits["full"] - logits["incremental"]).max() < 1e-4 * scale
+    _, out = both_modes(net, 10, 4)
+    (_, l_full), (_, l_incr) = out["full"], out["incremental"]
+    assert np.abs(l_full - l_incr).max() < 1e-4 * max(1.0, float(np.abs(l_full).max()))

@@ -24,6 +24,7 @@ from pda_repro.backends.module_sources import torchvision_model
 from pda_repro.explain import explain
 from pda_repro.preprocess import deprocess, load_image
 from pda_repro.sampling import MarginalSampler
+from tests.test_fx_graph import one_thread  # noqa: F401 - the autouse fixture: 1 torch thread per test
 
 LITE0_PREPROCESS = {
     "crop": 224,
@@ -33,14 +34,6 @@ LITE0_PREPROCESS = {
     "mean": [127.0] * 3,
     "scale": 1 / 128,
 }  # fmt: skip  (the zoo's efficientnet_lite0)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Tiny(nn.Module):
