@@ -19,7 +19,7 @@ BENCH_ARGS = --model $(MODEL) --backend $(BACKEND) --device $(DEVICE) --batch $(
 	$(if $(WORKERS),--workers $(WORKERS)) $(if $(CLUSTER),--cluster $(CLUSTER)) \
 	$(if $(INFERENCE),--inference $(INFERENCE))
 
-.PHONY: setup test unit regress benchmark microbench bench-sampler bench-batch bench-parallel figures figures-data train-mnist convert-efficientnet prototxts lint clean help
+.PHONY: setup test unit regress benchmark microbench bench-sampler bench-batch bench-parallel bench-module figures figures-data train-mnist convert-efficientnet prototxts lint clean help
 
 help:
 	@echo "make setup | test | benchmark [MODEL= BACKEND= DEVICE= BATCH= PROFILE= WEIGHTS= INFERENCE=auto|incremental|full WORKERS= CLUSTER=] | figures | regress | train-mnist | lint"
@@ -53,6 +53,10 @@ bench-batch: setup
 # Ray workers vs one process, Ray start-up and memory -> results/<env>/parallel.csv (~10 min, 2 cores)
 bench-parallel: setup
 	$(PY) benchmarks/bench_parallel.py $(if $(WORKERS),--workers $(WORKERS))
+
+# incremental vs full inference on torchvision resnet18 -> results/<env>/incremental_module.csv (~15 min, 2 cores)
+bench-module: setup
+	$(PY) -m pda_repro.bench.incremental_module
 
 figures: setup
 	$(PY) -m pda_repro.cli figures

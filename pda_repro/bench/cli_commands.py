@@ -194,11 +194,14 @@ def run_figures(args: argparse.Namespace) -> int:
     done = render_all(args.results, readme=not args.no_readme)
     if not args.no_readme and Path(args.results).resolve() == Path(RESULTS_DIR).resolve():
         from pda_repro.bench.figures import update_project_readme
+        from pda_repro.bench.incremental_module import update_readme as update_module_readme
         from pda_repro.bench.parallel_report import update_parallel_readme
         from pda_repro.bench.results import REPO_ROOT
 
         updated = update_project_readme(REPO_ROOT / "README.md", args.results)
         updated = update_parallel_readme(REPO_ROOT / "README.md", args.results) or updated
+        if update_module_readme(REPO_ROOT / "README.md", args.results):
+            updated = REPO_ROOT / "README.md"
         if updated is not None:
             print(updated)
     for path in [*done.figures, *done.qualitative]:

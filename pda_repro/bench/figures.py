@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pda_repro.bench.incremental_module import results_section as module_incremental_section
 from pda_repro.bench.parallel_report import parallel_section
 from pda_repro.bench.results import RESULTS_DIR, atomic_write_bytes, atomic_write_text, envs, weights_slug
 
@@ -1047,6 +1048,7 @@ def write_readme(
         parts += _table1_section(env_dir)
         parts += _fig12_section(env_dir)
         parts += _incremental_section(env_dir)
+        parts += module_incremental_section(env_dir)
         parts += _sampling_section(env_dir)
         parts += _batch_section(env_dir)
         parts += parallel_section(env_dir)

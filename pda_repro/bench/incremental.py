@@ -125,7 +125,8 @@ def measure_net(
     cls = int(np.argmax(net.forward(image[None])[0][0]))
     batch = ctx.batch if ctx.device == "cuda" else net.default_window_batch("incremental")
     full_batch = default_batch(ctx.device)
-    train_size = int(net.model_spec.train_size)
+    spec = getattr(net, "model_spec", None) or ctx.spec(model)  # a PyTorch model carries its own
+    train_size = int(spec.train_size)
     run = {"full": [], "incremental": []}
     for inference in ("full", "incremental", "incremental", "full"):
         run[inference].append(
