@@ -1271,7 +1271,7 @@ def render_faithfulness(env_dir: Path, out: Path) -> list[Path]:
 
 
 def _map_costs(cells: dict[str, Any], model: str) -> list[str]:
-    """'key: median s (n images)' for every map the model's agreement cell computed (not read from disk)."""
+    """'key: median s (n images)' for every map the model's cell computed (not read from disk, not resumed)."""
     per: dict[str, list[float]] = {}
     for cid, c in cells.items():
         if f"model={model}|" in f"{cid}|":
