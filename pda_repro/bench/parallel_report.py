@@ -47,19 +47,19 @@ def summary_lines(env_dir: Path) -> list[str]:
                 sub[c]["seconds_median"] for c in ("1proc_2threads", "1proc_1thread", "ray_2workers")
             )
             r = sub["ray_2workers"]
-            rows.append([model, f"{int(r['windows'])} windows, stride {r['stride']}, {int(r['rounds'])} round{'s' if int(r['rounds']) != 1 else ''}",
+            rows.append([model, f"{int(r['windows'])} windows, stride {r['stride']}, batch {int(r['batch'])}, {int(r['rounds'])} round{'s' if int(r['rounds']) != 1 else ''}",
                          f"{two:.1f} s", f"{one:.1f} s", f"{ray:.1f} s", _x(two / ray), _x(one / ray),
                          r["load_1min_at_rounds"]])  # fmt: skip
         full = {c: by.get((model, f"full_image_{c}")) for c in ("1proc_2threads", "ray_2workers")}
         if all(v is not None for v in full.values()):
             two, ray = full["1proc_2threads"]["seconds_median"], full["ray_2workers"]["seconds_median"]
             r = full["ray_2workers"]
-            rows.append([model, f"whole image: {int(r['windows'])} windows, stride {r['stride']}, 1 run",
+            rows.append([model, f"whole image: {int(r['windows'])} windows, stride {r['stride']}, batch {int(r['batch'])}, 1 run",
                          f"{two:.1f} s", "", f"{ray:.1f} s", _x(two / ray), "",
                          f"{full['1proc_2threads']['load_1min_at_rounds']} {r['load_1min_at_rounds']}"])  # fmt: skip
     first = data.iloc[0]
     lines = [
-        f"Efficient PDA, k={first['k']}, l={first['l']}, incremental inference at batch {int(first['batch'])}, "
+        f"Efficient PDA, k={first['k']}, l={first['l']}, incremental inference at the CPU's window batch, "
         "the top class, torch on the CPU; seconds are medians of interleaved rounds; 1-minute load at each run.",
         "",
         f._md_table(
@@ -106,8 +106,9 @@ def summary_lines(env_dir: Path) -> list[str]:
         threads = by[(before_model, "1proc_2threads")]["full_image_s_extrapolated"]
         b = by[(before_model, "before")]
         lines.append(
-            f"- The default `pda-repro explain photo.jpg` ({before_model}, efficient PDA, stride 1, whole image "
-            f"extrapolated from the same rounds): before incremental inference and Ray ({b['inference']} "
+            f"- `pda-repro explain photo.jpg` at its default until the stride measurement ({before_model}, "
+            f"efficient PDA, stride {int(b['stride'])}, whole image extrapolated from the same rounds): before "
+            f"incremental inference and Ray ({b['inference']} "
             f"inference, batch {int(b['batch'])}, 2 threads) {before:.0f} s; now {now:.0f} s on 2 workers "
             f"(start-up included), {threads:.0f} s in one process with 2 threads: {_x(before / now)} "
             f"(target {TARGET_DEFAULT_EXPLAIN:g}×{', met' if before / now >= TARGET_DEFAULT_EXPLAIN else ', not met'})."
