@@ -85,7 +85,9 @@ def load_model(
 
     options = {"input_shape": input_shape, "output": output, "preprocess": preprocess}
     options = {k: v for k, v in options.items() if v is not None}
-    return load_backend(model, backend=backend, device=device, weights=weights, batch=batch, seed=seed, **options)
+    return load_backend(
+        model, backend=backend, device=device, weights=weights, batch=batch, seed=seed, **options
+    )
 
 
 def _check_image(net: Backend, image: Any) -> np.ndarray:

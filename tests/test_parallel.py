@@ -418,8 +418,12 @@ def test_the_parallel_readme_block_is_built_from_the_data(tmp_path):
     assert update_parallel_readme(readme, tmp_path / "results") == readme
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
-    assert "| m | 100 windows, stride 1, batch 16, 2 rounds | 10.0 s | 16.0 s | 5.0 s | 2.00× | 3.20× |" in text
+    assert (
+        "| m | 100 windows, stride 1, batch 16, 2 rounds | 10.0 s | 16.0 s | 5.0 s | 2.00× | 3.20× |" in text
+    )
     assert "m 2.00× — met." in text  # 10 s / 5 s against the 1.6× target
     assert "1.27×" in text  # 1.9 / 1.5: what workers can gain over threads on that machine
-    assert "stride 1, whole image" in text and "2080 s; now 520 s" in text and "4.00× (target 3×, met)" in text
+    assert (
+        "stride 1, whole image" in text and "2080 s; now 520 s" in text and "4.00× (target 3×, met)" in text
+    )
     assert update_parallel_readme(tmp_path / "plain.md", tmp_path / "results") is None
