@@ -151,7 +151,7 @@ def _check_converters(model: Any, path: Path) -> None:
         version = opsets.get(domain, opsets.get("", 0))
         try:
             get_converter(node.op_type, version, domain)
-        except NotImplementedError:
+        except NotImplementedError:  # onnx2torch's registry says "no converter" this way
             raise BackendError(
                 f"{str(path)!r}: onnx2torch has no converter for op {node.op_type} at opset {version}; "
                 "re-export with torch.onnx.export(..., dynamo=False, opset_version=13)"

@@ -25,7 +25,14 @@ import pandas as pd
 
 from pda_repro.bench.incremental_module import results_section as module_incremental_section
 from pda_repro.bench.parallel_report import parallel_section
-from pda_repro.bench.results import RESULTS_DIR, atomic_write_bytes, atomic_write_text, envs, weights_slug
+from pda_repro.bench.results import (
+    RESULTS_DIR,
+    atomic_write_bytes,
+    atomic_write_text,
+    envs,
+    replace_generated_block,
+    weights_slug,
+)
 
 PAPER = {
     "table1_ms": {"alexnet": 342.0, "vgg16": 3301.0, "googlenet": 634.0},
@@ -767,8 +774,7 @@ def update_project_readme(readme: Path, results_dir: str | Path = RESULTS_DIR) -
     """Replace the generated block of the project README (between README_BLOCK's markers) with the
     measured incremental speed-ups of every env; None when the README has no such block."""
     text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    start, end = README_BLOCK
-    if start not in text or end not in text:
+    if README_BLOCK[0] not in text or README_BLOCK[1] not in text:
         return None
     rows = []
     for env in envs(Path(results_dir)):
@@ -816,15 +822,8 @@ def update_project_readme(readme: Path, results_dir: str | Path = RESULTS_DIR) -
         ],
         rows,
     )
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    text = f"{head}{start}\n{table}\n{end}{tail}"
-    s_start, s_end = STRIDE_BLOCK
-    if s_start in text and s_end in text:
-        head, rest = text.split(s_start, 1)
-        _, tail = rest.split(s_end, 1)
-        text = f"{head}{s_start}\n{stride_block(Path(results_dir))}\n{s_end}{tail}"
-    return atomic_write_text(readme, text)
+    written = replace_generated_block(readme, README_BLOCK, table)
+    return replace_generated_block(readme, STRIDE_BLOCK, stride_block(Path(results_dir))) or written
 
 
 def _sampling_section(env_dir: Path) -> list[str]:
