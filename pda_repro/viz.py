@@ -4,22 +4,19 @@ Red is evidence for the class, blue evidence against, white/grey none; the colou
 around 0 (``vmax = max |WE|`` unless given) and the colour's intensity (HSV saturation) is proportional
 to |WE|. Overlays put the map's hue and saturation on a lightened greyscale copy of the input, as the
 original PDA code's ``get_overlayed_image`` did. Drawing uses matplotlib's Agg canvas directly (no
-pyplot state, no display needed); files are written atomically.
+pyplot state, no display needed); files are written atomically (pda_repro.io).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
+from pda_repro.io import atomic_writer
+
 __all__ = [
-    "atomic_file",
     "colormap",
     "heatmap_rgb",
     "overlay_rgb",
@@ -31,34 +28,6 @@ __all__ = [
 DEFAULT_CMAP = "bwr"
 _LUT_SIZE = 4097
 OVERLAY_ALPHA = 0.8  # saturation of the overlay at |WE| = vmax (original code: alpha = 0.8)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temp file beside `path`; on success fsync and os.replace it onto `path`, else delete it.
-
-    Nothing half-written ever appears under `path`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def symmetric_vmax(maps: np.ndarray, vmax: float | None = None) -> float:
@@ -203,6 +172,7 @@ def save_explanation_png(
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    with atomic_file(path, "wb") as fh:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=dpi)
     return path

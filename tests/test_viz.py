@@ -9,8 +9,8 @@ import pytest
 from matplotlib.colors import rgb_to_hsv
 from PIL import Image
 
+from pda_repro.io import atomic_writer
 from pda_repro.viz import (
-    atomic_file,
     heatmap_rgb,
     overlay_rgb,
     save_explanation_png,
@@ -96,13 +96,13 @@ def test_save_explanation_png(tmp_path, rng, signed_map):
     assert not (tmp_path / "bad.png").exists()
 
 
-def test_atomic_file_leaves_nothing_on_error(tmp_path):
+def test_atomic_writer_leaves_nothing_on_error(tmp_path):
     target = tmp_path / "x.bin"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError), atomic_file(target) as fh:
+    with pytest.raises(RuntimeError), atomic_writer(target) as fh:
         fh.write(b"half")
         raise RuntimeError("boom")
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["x.bin"]
-    with atomic_file(target) as fh:
+    with atomic_writer(target) as fh:
         fh.write(b"new")
     assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["x.bin"]
