@@ -30,6 +30,7 @@ __all__ = [
     "FILE_MODE",
     "LockHeld",
     "OutputLock",
+    "atomic_savez",
     "atomic_writer",
     "commit",
     "describe_os_error",
@@ -90,6 +91,14 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_savez(path: str | os.PathLike, **arrays: Any) -> None:
+    """np.savez of `arrays` to `path` through `atomic_writer` (nothing half-written under `path`)."""
+    import numpy as np  # noqa: PLC0415 - this module is otherwise standard library only
+
+    with atomic_writer(path) as fh:
+        np.savez(fh, **arrays)
 
 
 def remove_stale_temps(

@@ -1,6 +1,6 @@
 """Executors of the window loop: in-process, Ray actors (the local cores or a cluster), and auto.
 
-The one work unit is a chunk of one image's windows (`pda_repro.methods.windows.run_chunk`): its
+The one work unit is a chunk of one image's windows (`pda_repro.methods.chunks.run_chunk`): its
 noise comes from its own generator and its batches start at the chunk's first evaluation, so any
 executor forwards exactly the batches of the serial run and the maps are bitwise the same.
 
@@ -37,15 +37,8 @@ from typing import Any
 import numpy as np
 
 from pda_repro.backends.base import Backend
-from pda_repro.methods.windows import (
-    ChunkExecutor,
-    ChunkSink,
-    ChunkState,
-    WindowTask,
-    array_fingerprint,
-    net_fingerprint,
-    run_chunk,
-)
+from pda_repro.fingerprint import array_fingerprint, net_fingerprint, object_fingerprint
+from pda_repro.methods.chunks import ChunkExecutor, ChunkSink, ChunkState, WindowTask, run_chunk
 
 # Seconds of serial work below which `auto` stays in-process: a parallel run with speed-up s and
 # start-up t wins once T/s + t < T. `make bench-parallel` measures t and s against one process with
@@ -593,7 +586,6 @@ def _nbytes(value: Any) -> int:
 
 def _options_key(options: dict) -> str:
     """Content key of explain() options: the sampler by its fitted parameters, the rest by value."""
-    from pda_repro.methods.windows import object_fingerprint  # noqa: PLC0415
 
     def describe(value: Any) -> Any:
         if value is None or isinstance(value, bool | int | float | str):

@@ -16,6 +16,7 @@ import pytest
 from pda_repro.explain import Explanation, explain
 from pda_repro.methods import (
     METHODS,
+    Imputation,
     WindowGrid,
     average_over_windows,
     laplace_correct,
@@ -25,7 +26,6 @@ from pda_repro.methods import (
     weight_of_evidence,
 )
 from pda_repro.methods.deep_taylor import deep_taylor_relevance
-from pda_repro.methods.pda import SampledImputation
 from pda_repro.sampling import PatchGaussian
 from tests.reference.methods_ref import (
     REPO,
@@ -193,7 +193,7 @@ def test_pda_approaches_the_arithmetic_mean(rng, linear_net, image):
     errors = {}
     for s in (8, 512):
         res = run_window_loop(
-            linear_net, image, k, rows, cols, SampledImputation(gauss, s), classes,
+            linear_net, image, k, rows, cols, Imputation(gauss, "samples", s), classes,
             batch=160, root_seed=7, progress=False,
         )  # fmt: skip
         err = np.abs(res.mean_probs - truth)

@@ -22,9 +22,9 @@ import psutil
 import pytest
 import torch
 
-from pda_repro import parallel
+from pda_repro import fingerprint, parallel
 from pda_repro.explain import explain, load_model
-from pda_repro.methods import windows
+from pda_repro.methods import chunks, windows
 from pda_repro.sampling import PatchGaussian
 
 pytest.importorskip("ray")
@@ -271,7 +271,7 @@ def test_a_worker_rebuilds_the_same_net(batch):
     batch the incremental path splits by (a different split changes float rounding)."""
     net = load_model("mnist", batch=batch)
     copy = parallel.build_net(parallel.net_recipe(net))
-    assert windows.net_fingerprint(copy) == windows.net_fingerprint(net)
+    assert fingerprint.net_fingerprint(copy) == fingerprint.net_fingerprint(net)
     assert copy.batch == net.batch
     for mode in ("full", "incremental"):
         assert copy.window_batch(mode) == net.window_batch(mode)
@@ -380,14 +380,14 @@ def test_the_sampler_goes_to_the_object_store_once(mnist, mnist_serial):
     res = explain(net, x, sampler=gauss, workers=executor, **MNIST_PDA)
     pool = executor.pool
     keys, sent = set(pool.shared), pool.shared_bytes
-    mine = [k for k in keys if k.startswith("imputation:") and windows.object_fingerprint(gauss) in k]
+    mine = [k for k in keys if k.startswith("imputation:") and fingerprint.object_fingerprint(gauss) in k]
     assert len(mine) == 1, keys
     res2 = explain(net, x, sampler=gauss, workers=executor, **MNIST_PDA)
     assert executor.pool is pool and set(pool.shared) == keys and pool.shared_bytes == sent  # not again
     for r in (res, res2):
         np.testing.assert_array_equal(r.maps, mnist_serial.maps)
     sampler_bytes = parallel._nbytes(gauss)
-    task = windows.WindowTask(x, 4, np.arange(625), np.arange(625), None, np.array([7]), 4, 0, 256)
+    task = chunks.WindowTask(x, 4, np.arange(625), np.arange(625), None, np.array([7]), 4, 0, 256)
     assert len(pickle.dumps(task)) < sampler_bytes / 2  # what each task sends without its sampler
 
 

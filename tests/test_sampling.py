@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 
+from pda_repro.grid import window_starts
 from pda_repro.sampling import (
     ConstantFill,
     MarginalSampler,
     PatchGaussian,
     blas_thread_counts,
     limit_blas_threads,
-    window_starts,
 )
 from tests.reference.sampling_ref import ReferenceSampler, brute_force_conditional
 

@@ -29,7 +29,18 @@ def test_the_cache_directory_follows_the_environment(monkeypatch, tmp_path):
     from pda_repro import data, sampling
 
     assert data.mnist_dir() == tmp_path / "c" / "mnist"
-    assert sampling.default_cache_dir() == tmp_path / "c" / "samplers"
+    gauss = sampling.PatchGaussian.fit_cached(
+        np.random.default_rng(0).standard_normal((2, 1, 8, 8)),
+        1,
+        3,
+        channels=1,
+        tag="t",
+        source="s",
+        n_patches=40,
+    )
+    assert [p.parent for p in (tmp_path / "c").rglob("*.npz")] == [
+        tmp_path / "c" / "samplers"
+    ] and gauss.k == 1
     monkeypatch.delenv("PDA_REPRO_CACHE")
     assert paths.cache_dir() == Path.home() / ".cache" / "pda-repro"
     assert (paths.REPO_ROOT / "pyproject.toml").is_file()

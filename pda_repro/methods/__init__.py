@@ -15,8 +15,8 @@ from pda_repro.methods.occlusion import Occlusion
 from pda_repro.methods.pda import PDA
 from pda_repro.methods.simplified import SimplifiedPDA
 from pda_repro.methods.windows import (
+    Imputation,
     WindowGrid,
-    WindowImputation,
     WindowMethod,
     average_over_windows,
     laplace_correct,
@@ -59,6 +59,7 @@ __all__ = [
     "EfficientPDA",
     "GradCAM",
     "GradientXInput",
+    "Imputation",
     "Method",
     "MethodResult",
     "Occlusion",
@@ -67,7 +68,6 @@ __all__ = [
     "SampledEfficientPDA",
     "SimplifiedPDA",
     "WindowGrid",
-    "WindowImputation",
     "WindowMethod",
     "available_methods",
     "average_over_windows",

@@ -8,43 +8,9 @@ separate sampling noise from the approximation error of Eq. 15.
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-
 from pda_repro.methods.base import RunContext
 from pda_repro.methods.pda import PDA
-from pda_repro.methods.windows import SamplerImputation, SamplerWindowMethod, WindowImputation
-
-
-class MeanImputation(SamplerImputation):
-    """The sampler's conditional mean, one evaluation per window (Algorithm 2, lines 5-6)."""
-
-    kind = "conditional_mean"
-
-    def __init__(self, sampler: Any) -> None:
-        super().__init__(sampler)
-
-    def impute(
-        self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator
-    ) -> np.ndarray:
-        return self.sampler.mean_at(x, rows, cols)[:, None]
-
-
-class EmpiricalMeanImputation(SamplerImputation):
-    """The mean of S samples (float64 sum, float32 result), one evaluation per window (Fig. 15)."""
-
-    kind = "empirical_mean"
-
-    def __init__(self, sampler: Any, samples: int) -> None:
-        super().__init__(sampler, samples)
-        self.draws_per_window = samples
-
-    def impute(
-        self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator
-    ) -> np.ndarray:
-        draws = self.sampler.sample_at(x, rows, cols, self.samples, rng)
-        return draws.mean(axis=1, dtype=np.float64, keepdims=True).astype(np.float32)
+from pda_repro.methods.windows import Imputation, SamplerWindowMethod
 
 
 class EfficientPDA(SamplerWindowMethod):
@@ -53,8 +19,9 @@ class EfficientPDA(SamplerWindowMethod):
     name = "epda"
     uses = frozenset({"window", "outer", "stride", "sampler"})
 
-    def imputation(self, ctx: RunContext) -> WindowImputation:
-        return MeanImputation(self.sampler)
+    def imputation(self, ctx: RunContext) -> Imputation:
+        """The sampler's conditional mean, one evaluation per window (Algorithm 2, lines 5-6)."""
+        return Imputation(self.sampler, "conditional_mean")
 
 
 class SampledEfficientPDA(PDA):
@@ -65,5 +32,6 @@ class SampledEfficientPDA(PDA):
 
     name = "epda_sampled"
 
-    def imputation(self, ctx: RunContext) -> WindowImputation:
-        return EmpiricalMeanImputation(self.sampler, self.samples)
+    def imputation(self, ctx: RunContext) -> Imputation:
+        """The mean of S samples, one evaluation per window (Fig. 15)."""
+        return Imputation(self.sampler, "empirical_mean", self.samples)

@@ -14,23 +14,8 @@ import numpy as np
 
 from pda_repro.backends.base import Backend
 from pda_repro.methods.base import RunContext
-from pda_repro.methods.windows import WindowImputation, WindowMethod
+from pda_repro.methods.windows import Imputation, WindowMethod
 from pda_repro.sampling import ConstantFill
-
-
-class ConstantImputation(WindowImputation):
-    """The fill value, one evaluation per window."""
-
-    def __init__(self, fill: Any) -> None:
-        self.fill = fill  # a pda_repro.sampling.ConstantFill
-
-    def impute(
-        self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator
-    ) -> np.ndarray:
-        return self.fill.mean_at(x, rows, cols)[:, None]
-
-    def fingerprint(self) -> dict:
-        return {"kind": "constant", "value": [float(v) for v in self.fill.value]}
 
 
 class Occlusion(WindowMethod):
@@ -57,5 +42,6 @@ class Occlusion(WindowMethod):
         value = np.asarray(self.value, dtype=np.float64)
         return {**super().params(), "value": value.tolist()}
 
-    def imputation(self, ctx: RunContext) -> WindowImputation:
-        return ConstantImputation(self._fill)
+    def imputation(self, ctx: RunContext) -> Imputation:
+        """The fill value, one evaluation per window."""
+        return Imputation(self._fill, "constant")

@@ -13,23 +13,7 @@ import numpy as np
 
 from pda_repro.backends.base import Backend
 from pda_repro.methods.base import RunContext, check_positive_int
-from pda_repro.methods.windows import SamplerImputation, SamplerWindowMethod, WindowImputation
-
-
-class SampledImputation(SamplerImputation):
-    """S draws per window from the sampler; each is one evaluation (Algorithm 1, lines 6-9)."""
-
-    kind = "samples"
-
-    def __init__(self, sampler: Any, samples: int) -> None:
-        super().__init__(sampler, samples)
-        self.evaluations_per_window = samples
-        self.draws_per_window = samples
-
-    def impute(
-        self, x: np.ndarray, rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator
-    ) -> np.ndarray:
-        return self.sampler.sample_at(x, rows, cols, self.samples, rng)
+from pda_repro.methods.windows import Imputation, SamplerWindowMethod
 
 
 class PDA(SamplerWindowMethod):
@@ -60,5 +44,6 @@ class PDA(SamplerWindowMethod):
         sampler = params.pop("sampler")
         return {**params, "samples": self.samples, "sampler": sampler}
 
-    def imputation(self, ctx: RunContext) -> WindowImputation:
-        return SampledImputation(self.sampler, self.samples)
+    def imputation(self, ctx: RunContext) -> Imputation:
+        """S draws per window, each one evaluation (Algorithm 1, lines 6-9)."""
+        return Imputation(self.sampler, "samples", self.samples)

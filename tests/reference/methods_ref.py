@@ -20,6 +20,7 @@ from google.protobuf import text_format
 
 from pda_repro._generated import caffe_pb2
 from pda_repro.backends.base import Backend, BackendError
+from pda_repro.sampling import WindowImputer
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "models" / "tiny"
@@ -191,7 +192,7 @@ def random_spd(dim: int, rng: np.random.Generator, scale: float = 1.0) -> np.nda
     return scale * (a @ a.T / dim + 0.5 * np.eye(dim))
 
 
-class ZeroCovariance:
+class ZeroCovariance(WindowImputer):
     """Wraps a sampler so that every sample equals the conditional mean (zero conditional covariance)."""
 
     def __init__(self, sampler) -> None:

@@ -1,166 +1,39 @@
-"""What fills a k×k window: the conditional patch Gaussian of PDA, a marginal sampler, a constant fill.
+"""The conditional patch Gaussian of PDA (paper Section 2, Algorithm 1 line 7; Algorithm 2 line 5).
 
-PDA (paper Section 2, Algorithm 1 line 7) replaces a k×k window ``w`` by samples from a Gaussian
-conditioned on the rest ``o`` of the l×l patch centred on it; efficient PDA (Algorithm 2 line 5) uses
-that Gaussian's mean.  With the patch Gaussian N(μ, Σ)::
-
-    mean = μ_w + Σ_wo Σ_oo⁻¹ (x_o − μ_o)          cov = Σ_ww − Σ_wo Σ_oo⁻¹ Σ_ow
-
-computed with Cholesky solves (never an explicit inverse).  At the image border two rules exist
-(``border=``): ``"clip"`` (default) clips the outer patch where it sticks out of the image and conditions on
-the in-image pixels only (the marginal of the joint Gaussian: exact); ``"shift"`` is what the original PDA
-code does (``_get_surr_patch``): the l×l patch is shifted to lie inside the image, so the window is no
-longer at its centre, and the window is conditioned on the rest of that shifted patch.
-Because the Gaussian does not depend on the location, the gain Σ_wo Σ_oo⁻¹ and the Cholesky factor L of
-the conditional covariance depend only on how the outer patch is clipped (or, with border="shift", where
-the window lies in the shifted patch); they are computed once per such case and cached, then all windows of a case get their means in one matrix product and their
-samples as ``mean + L z`` in one (triangular) product.  The paper's "Sampling Time" paragraph measured
-about 5 minutes for one image's 501,760 samples when this is done per window.
-
-Every sampler ("imputer") follows one contract used by the shared window loop::
-
-    k, channels                                         window size, channel count
-    check(x)                                            ValueError naming the values if x does not fit
-    sample_at(x, rows, cols, n, rng) -> (W, n, C, k, k) float32   n draws per window (rows[i], cols[i])
-    mean_at(x, rows, cols)          -> (W, C, k, k) float32      conditional mean / fill value
-    sample(x, n, rng, stride=1)     -> (n_rows, n_cols, n, C, k, k)   all windows
-    conditional_means(x, stride=1)  -> (n_rows, n_cols, C, k, k)
-
-rows/cols are window top-left corners.  Precision: the gain and factors are always computed in float64;
-``dtype=np.float32`` (default, what the window loop feeds the network; half the memory traffic of the
-dominant normal draw and triangular product) applies them in float32 — on 0..255 photos the means differ
-from float64 by at most ~5e-4, i.e. ~2e-6 of the largest value, far below 8-bit quantisation — while
-``dtype=np.float64`` is exact to rounding (the tests compare it with a brute force at 1e-8).  The two
-dtypes draw different normal streams from the same seed.
-Randomness comes only from the passed ``numpy.random.Generator``: ``sample_at`` draws all standard
-normals of a call in one block of shape (W, n, C·k·k), in the order the windows are given, so the same
-seed gives the same samples, and calling it on consecutive chunks with one generator gives the same
-samples as one call over all windows (up to float rounding of the differently sized BLAS products).
+See pda_repro.sampling for the maths, the border rules and the precision; this module holds the
+estimate (`fit`, `fit_cached`), the per-border-case factors and the vectorised means and draws.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
 import tempfile
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 from scipy.linalg import LinAlgError, blas, cho_factor, cholesky, solve_triangular
 
-from pda_repro.grid import WindowGrid, window_starts
-from pda_repro.io import atomic_writer, remove_stale_temps
-from pda_repro.paths import cache_dir
-
-__all__ = [
-    "ConstantFill",
-    "MarginalSampler",
-    "PatchGaussian",
-    "WindowImputer",
-    "blas_thread_counts",
-    "default_cache_dir",
-    "limit_blas_threads",
-    "window_starts",
-]
+from pda_repro import paths
+from pda_repro.grid import window_starts
+from pda_repro.io import atomic_savez, remove_stale_temps
+from pda_repro.sampling.base import (
+    WindowImputer,
+    _check_count,
+    _check_dtype,
+    _check_generator,
+    _check_image,
+    _check_window_sizes,
+    _check_windows,
+    limit_blas_threads,
+)
 
 FORMAT_VERSION = 1
-_SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _CHUNK_WINDOWS = 2048  # windows per matrix product (bounds temporary memory, keeps BLAS calls large)
-
-
-# -- small helpers ---------------------------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    """Where fitted patch Gaussians are cached: the cache directory's samplers/ (pda_repro.paths)."""
-    return cache_dir("samplers")
-
-
-def _check_dtype(dtype: DTypeLike) -> np.dtype:
-    dt = np.dtype(dtype)
-    if dt not in _SUPPORTED_DTYPES:
-        raise ValueError(f"dtype must be float32 or float64, got {dt}")
-    return dt
-
-
-def _check_generator(rng: object) -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    return rng
-
-
-def _check_count(n: object, name: str = "n") -> int:
-    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"{name} must be a positive integer, got {n!r}")
-    return int(n)
-
-
-def _check_window_sizes(k: int, l: int | None = None) -> None:  # noqa: E741
-    if not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"window size k must be a positive integer, got {k!r}")
-    if l is None:
-        return
-    if not isinstance(l, int | np.integer) or l <= k:
-        raise ValueError(f"outer patch size l must be an integer larger than the window k={k}, got l={l!r}")
-    if (l - k) % 2:
-        raise ValueError(
-            f"l - k must be even so the outer patch is centred on the window, got k={k}, l={l} (l-k={l - k})"
-        )
-
-
-def _check_image(x: ArrayLike, channels: int, min_side: int, min_name: str, dtype: np.dtype) -> np.ndarray:
-    """x as a C-contiguous C×H×W array of `dtype`; ValueError naming the values if it does not fit."""
-    arr = np.asarray(x)
-    if arr.ndim != 3:
-        raise ValueError(f"expected one image C×H×W, got an array of shape {arr.shape}")
-    if arr.shape[0] != channels:
-        raise ValueError(
-            f"image has {arr.shape[0]} channels (shape {arr.shape}) but the sampler models {channels}"
-        )
-    if arr.shape[1] < min_side or arr.shape[2] < min_side:
-        raise ValueError(f"{min_name}={min_side} is larger than the image ({arr.shape[1]}×{arr.shape[2]})")
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise ValueError(f"image must hold real numbers, got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
-    if not np.isfinite(arr).all():
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"image contains {bad} NaN/inf values")
-    return arr
-
-
-def _check_windows(rows: ArrayLike, cols: ArrayLike, k: int, height: int, width: int):
-    r = np.asarray(rows)
-    c = np.asarray(cols)
-    if r.ndim != 1 or c.ndim != 1 or r.shape != c.shape:
-        raise ValueError(
-            f"rows and cols must be 1-D arrays of equal length, got shapes {r.shape} and {c.shape}"
-        )
-    if r.size and not (np.issubdtype(r.dtype, np.integer) and np.issubdtype(c.dtype, np.integer)):
-        raise ValueError(f"rows and cols must be integers, got dtypes {r.dtype} and {c.dtype}")
-    r = r.astype(np.int64, copy=False)
-    c = c.astype(np.int64, copy=False)
-    for name, v, limit in (("row", r, height - k), ("col", c, width - k)):
-        bad = np.flatnonzero((v < 0) | (v > limit))
-        if bad.size:
-            raise ValueError(
-                f"window {name} {int(v[bad[0]])} (index {int(bad[0])}) is outside 0..{limit} "
-                f"for k={k} in a {height}×{width} image"
-            )
-    return r, c
-
-
-def _atomic_savez(path: Path, **arrays) -> None:
-    """np.savez to `path` via a temporary file in the same directory and os.replace (nothing half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_writer(path) as f:
-        np.savez(f, **arrays)
 
 
 def _check_writable(directory: Path) -> None:
@@ -181,99 +54,6 @@ def _lower_times_inplace(trmm, chol: np.ndarray, block: np.ndarray) -> None:
     res = trmm(1.0, chol, flat_t, side=0, lower=1, overwrite_b=1)
     if not np.shares_memory(res, block):  # pragma: no cover - BLAS copied (non-contiguous input)
         flat_t[...] = res
-
-
-_BLAS_CONTROLLER: object | None = None
-
-
-def _blas_controller() -> Any:
-    """threadpoolctl's handle on every BLAS loaded in this process (numpy's and scipy's bundled
-    OpenBLAS), found once: this module imports scipy.linalg first."""
-    global _BLAS_CONTROLLER
-    if _BLAS_CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController  # noqa: PLC0415
-
-        _BLAS_CONTROLLER = ThreadpoolController().select(user_api="blas")
-    return _BLAS_CONTROLLER
-
-
-def blas_thread_counts() -> list[int]:
-    """The current thread count of each BLAS loaded in this process (see `limit_blas_threads`)."""
-    return [int(lib["num_threads"]) for lib in _blas_controller().info()]
-
-
-@contextlib.contextmanager
-def limit_blas_threads(n: int | None) -> Iterator[int]:
-    """Run numpy's and scipy's BLAS with `n` threads inside the block (None: leave them alone); yields
-    how many BLAS libraries were limited.  On a busy machine multi-threaded BLAS waits for descheduled
-    threads (results/<env>/sampler.csv compares 1 and 2 threads)."""
-    if n is None:
-        yield 0
-        return
-    if not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"BLAS thread count must be a positive integer or None, got {n!r}")
-    controller = _blas_controller()
-    with controller.limit(limits=int(n)):
-        yield len(controller.lib_controllers)
-
-
-# -- the shared contract ----------------------------------------------------------------------------------
-
-
-class WindowImputer(ABC):
-    """Base of the samplers: what fills a k×k window (see the module docstring for the contract)."""
-
-    k: int
-    channels: int
-
-    @abstractmethod
-    def check(self, x: ArrayLike) -> None:
-        """Raise ValueError naming the values if image `x` (C×H×W) does not fit this sampler."""
-
-    @abstractmethod
-    def sample_at(
-        self,
-        x: ArrayLike,
-        rows: ArrayLike,
-        cols: ArrayLike,
-        n: int,
-        rng: np.random.Generator,
-        dtype: DTypeLike = np.float32,
-    ) -> np.ndarray:
-        """n draws for each window (rows[i], cols[i]): (W, n, C, k, k)."""
-
-    @abstractmethod
-    def mean_at(self, x: ArrayLike, rows: ArrayLike, cols: ArrayLike, dtype: DTypeLike = np.float32):
-        """The fill value (conditional mean) of each window: (W, C, k, k)."""
-
-    def _grid(self, x: ArrayLike, stride: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-        shape = np.shape(x)
-        if len(shape) != 3:
-            raise ValueError(f"expected one image C×H×W, got an array of shape {shape}")
-        window_starts(shape[1], self.k, stride)  # checks stride and k (ValueError naming them)
-        window_starts(shape[2], self.k, stride)
-        grid = WindowGrid(shape[1], shape[2], self.k, stride)
-        rows, cols = grid.corners()
-        return rows, cols, grid.n_rows, grid.n_cols
-
-    def conditional_means(self, x: ArrayLike, stride: int = 1, dtype: DTypeLike = np.float32) -> np.ndarray:
-        """Every window's mean, (n_rows, n_cols, C, k, k); windows at 0, stride, … ≤ H − k (row-major)."""
-        rows, cols, nr, nc = self._grid(x, stride)
-        return self.mean_at(x, rows, cols, dtype=dtype).reshape(nr, nc, self.channels, self.k, self.k)
-
-    def sample(
-        self,
-        x: ArrayLike,
-        n: int,
-        rng: np.random.Generator,
-        stride: int = 1,
-        dtype: DTypeLike = np.float32,
-    ) -> np.ndarray:
-        """n draws for every window, (n_rows, n_cols, n, C, k, k) (Algorithm 1 line 7 for all windows)."""
-        rows, cols, nr, nc = self._grid(x, stride)
-        return self.sample_at(x, rows, cols, n, rng, dtype=dtype).reshape(
-            nr, nc, n, self.channels, self.k, self.k
-        )
 
 
 # -- the conditional patch Gaussian -----------------------------------------------------------------------
@@ -528,8 +308,8 @@ class PatchGaussian(WindowImputer):
     ) -> PatchGaussian:
         """`fit` with a cache keyed by (k, l, channels, preprocessing tag, n_patches, image source, seed,
         independent_channels, ridge).  `images` may be a zero-argument callable so that images are only
-        loaded on a cache miss.  The file is written atomically under `cache_dir` (default
-        ~/.cache/pda-repro/samplers)."""
+        loaded on a cache miss.  The file is written atomically under `cache_dir` (default: samplers/ in
+        the cache directory, pda_repro.paths)."""
         _check_window_sizes(k, l)
         key = {
             "k": int(k),
@@ -544,7 +324,10 @@ class PatchGaussian(WindowImputer):
         }
         digest = hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]
         safe_tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(tag))[:40] or "untagged"
-        path = Path(cache_dir or default_cache_dir()) / f"patch_gaussian_{safe_tag}_k{k}_l{l}_{digest}.npz"
+        path = (
+            Path(cache_dir or paths.cache_dir("samplers"))
+            / f"patch_gaussian_{safe_tag}_k{k}_l{l}_{digest}.npz"
+        )
         if path.exists():
             try:
                 cached = cls.load(path)
@@ -589,7 +372,8 @@ class PatchGaussian(WindowImputer):
     def save(self, path: str | os.PathLike, **extra: int | float | str) -> Path:
         """Write parameters and metadata to `path` (.npz) atomically; returns the path."""
         path = Path(path)
-        _atomic_savez(
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_savez(
             path,
             format_version=np.array(FORMAT_VERSION),
             mean=self.mean,
@@ -849,125 +633,3 @@ class PatchGaussian(WindowImputer):
                     block += means[part, None, :]
                     z[part] = block
         return z.reshape(rows.size, n, self.channels, self.k, self.k)
-
-
-# -- the marginal sampler and the constant fill ----------------------------------------------------------
-
-
-class MarginalSampler(WindowImputer):
-    """A window's values taken at the same location from images of a dataset (marginal sampling).
-
-    ``mode="random"`` (default) draws, for every window and draw, a dataset image uniformly at random (with
-    replacement) from the passed generator; ``mode="first"`` uses images 0..n−1 for every window, as the
-    original PDA code did with its first S images.  mean_at is the dataset mean at that location."""
-
-    def __init__(self, images: ArrayLike | Sequence[np.ndarray], k: int, mode: str = "random") -> None:
-        _check_window_sizes(k)
-        if mode not in ("random", "first"):
-            raise ValueError(f"mode must be 'random' or 'first', got {mode!r}")
-        data = np.asarray(images, dtype=np.float32)
-        if data.ndim != 4 or data.shape[0] < 1:
-            raise ValueError(f"images must be an N×C×H×W array with N >= 1, got shape {data.shape}")
-        if data.shape[2] < k or data.shape[3] < k:
-            raise ValueError(f"window k={k} is larger than the images ({data.shape[2]}×{data.shape[3]})")
-        finite = np.isfinite(data).reshape(data.shape[0], -1).all(axis=1)
-        if not finite.all():
-            raise ValueError(
-                f"images contain NaN/inf values (first bad image index {int(np.argmin(finite))})"
-            )
-        self.images = np.ascontiguousarray(data)
-        self.k = int(k)
-        self.channels = int(data.shape[1])
-        self.mode = mode
-        self._mean_image = data.mean(axis=0, dtype=np.float64)
-
-    def check(self, x: ArrayLike) -> None:
-        _check_image(x, self.channels, self.k, "window k", np.dtype(np.float32))
-        shape = np.shape(x)
-        if shape != self.images.shape[1:]:
-            raise ValueError(f"image shape {shape} differs from the dataset images' {self.images.shape[1:]}")
-
-    def _windows(self, x: ArrayLike, rows: ArrayLike, cols: ArrayLike):
-        self.check(x)
-        return _check_windows(rows, cols, self.k, self.images.shape[2], self.images.shape[3])
-
-    def sample_at(
-        self,
-        x: ArrayLike,
-        rows: ArrayLike,
-        cols: ArrayLike,
-        n: int,
-        rng: np.random.Generator,
-        dtype: DTypeLike = np.float32,
-    ) -> np.ndarray:
-        """(W, n, C, k, k): window i from n dataset images (random with replacement, or the first n)."""
-        dt = _check_dtype(dtype)
-        rng = _check_generator(rng)
-        n = _check_count(n)
-        rows, cols = self._windows(x, rows, cols)
-        n_images = self.images.shape[0]
-        if self.mode == "first":
-            if n > n_images:
-                raise ValueError(f"mode='first' needs n <= number of images ({n_images}), got n={n}")
-            which = np.broadcast_to(np.arange(n), (rows.size, n))
-        else:
-            which = rng.integers(0, n_images, size=(rows.size, n))
-        view = np.lib.stride_tricks.sliding_window_view(self.images, (self.k, self.k), axis=(2, 3))
-        # advanced indices on axes 0, 2, 3 around a slice: the broadcast (W, n) axes come first
-        out = view[which, :, rows[:, None], cols[:, None]]
-        return out.astype(dt, copy=False)
-
-    def mean_at(
-        self, x: ArrayLike, rows: ArrayLike, cols: ArrayLike, dtype: DTypeLike = np.float32
-    ) -> np.ndarray:
-        """The dataset mean over the window: (W, C, k, k)."""
-        dt = _check_dtype(dtype)
-        rows, cols = self._windows(x, rows, cols)
-        view = np.lib.stride_tricks.sliding_window_view(self._mean_image, (self.k, self.k), axis=(1, 2))
-        return np.moveaxis(view[:, rows, cols], 0, 1).astype(dt)
-
-
-class ConstantFill(WindowImputer):
-    """Occlusion: every window is filled with a constant (a scalar or one value per channel)."""
-
-    def __init__(self, value: float | Sequence[float], k: int, channels: int) -> None:
-        _check_window_sizes(k)
-        _check_count(channels, "channels")
-        v = np.asarray(value, dtype=np.float64)
-        if v.ndim == 0:
-            v = np.full(channels, float(v))
-        if v.shape != (channels,):
-            raise ValueError(f"value must be a scalar or {channels} per-channel values, got {value!r}")
-        if not np.isfinite(v).all():
-            raise ValueError(f"value must be finite, got {value!r}")
-        self.value = v
-        self.k = int(k)
-        self.channels = int(channels)
-
-    def check(self, x: ArrayLike) -> None:
-        _check_image(x, self.channels, self.k, "window k", np.dtype(np.float32))
-
-    def mean_at(
-        self, x: ArrayLike, rows: ArrayLike, cols: ArrayLike, dtype: DTypeLike = np.float32
-    ) -> np.ndarray:
-        """The constant, (W, C, k, k)."""
-        dt = _check_dtype(dtype)
-        self.check(x)
-        rows, _ = _check_windows(rows, cols, self.k, np.shape(x)[1], np.shape(x)[2])
-        fill = np.broadcast_to(self.value.astype(dt)[:, None, None], (self.channels, self.k, self.k))
-        return np.broadcast_to(fill, (rows.size, *fill.shape)).copy()
-
-    def sample_at(
-        self,
-        x: ArrayLike,
-        rows: ArrayLike,
-        cols: ArrayLike,
-        n: int,
-        rng: np.random.Generator,
-        dtype: DTypeLike = np.float32,
-    ) -> np.ndarray:
-        """The constant repeated n times per window, (W, n, C, k, k); `rng` is not used."""
-        _check_generator(rng)
-        n = _check_count(n)
-        means = self.mean_at(x, rows, cols, dtype=dtype)
-        return np.broadcast_to(means[:, None], (means.shape[0], n, *means.shape[1:])).copy()
