@@ -386,7 +386,7 @@ def test_the_sampler_goes_to_the_object_store_once(mnist, mnist_serial):
     assert executor.pool is pool and set(pool.shared) == keys and pool.shared_bytes == sent  # not again
     for r in (res, res2):
         np.testing.assert_array_equal(r.maps, mnist_serial.maps)
-    sampler_bytes = parallel._nbytes(gauss)
+    sampler_bytes = parallel.actors._nbytes(gauss)
     task = chunks.WindowTask(x, 4, np.arange(625), np.arange(625), None, np.array([7]), 4, 0, 256)
     assert len(pickle.dumps(task)) < sampler_bytes / 2  # what each task sends without its sampler
 

@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike, DTypeLike
 from scipy.linalg import LinAlgError, blas, cho_factor, cholesky, solve_triangular
 
 from pda_repro import paths
-from pda_repro.grid import window_starts
+from pda_repro.grid import WindowGrid, window_starts
 from pda_repro.io import atomic_savez, remove_stale_temps
 from pda_repro.sampling.base import (
     WindowImputer,
@@ -241,8 +241,9 @@ class PatchGaussian(WindowImputer):
                 f"(C={channels}, l={l}{', per channel' if independent_channels else ''}): "
                 f"need more than {block} or the sample covariance is singular"
             )
-        sizes = np.array([np.shape(im)[1:] for im in imgs]) if stack is None else np.array([stack.shape[2:]])
-        counts = (sizes[:, 0] - l + 1) * (sizes[:, 1] - l + 1)
+        sizes = [np.shape(im)[1:] for im in imgs] if stack is None else [stack.shape[2:]]
+        grids = [WindowGrid(int(h), int(w), l) for h, w in sizes]  # every l×l position (stride 1)
+        counts = np.array([g.n_windows for g in grids], dtype=np.int64)
         if stack is not None:
             counts = np.repeat(counts, stack.shape[0])
         total = int(counts.sum())
@@ -255,18 +256,18 @@ class PatchGaussian(WindowImputer):
         bounds = np.concatenate([[0], np.cumsum(counts)])
         which = np.searchsorted(bounds, picks, side="right") - 1
         local = picks - bounds[which]
-        n_cols = sizes[0 if stack is not None else which, 1] - l + 1
-        r, c = local // n_cols, local % n_cols
         if stack is not None:  # one gather for an N×C×H×W array
+            r, c = grids[0].corners(local)
             view = np.lib.stride_tricks.sliding_window_view(stack, (l, l), axis=(2, 3))  # N, C, H', W', l, l
             patches = view[which, :, r, c].reshape(n_patches, dim).astype(np.float64)
         else:
             patches = np.empty((n_patches, dim), dtype=np.float64)
             for i in np.unique(which):
                 sel = np.flatnonzero(which == i)
+                r, c = grids[i].corners(local[sel])
                 im = np.asarray(imgs[i], dtype=np.float64)
                 view = np.lib.stride_tricks.sliding_window_view(im, (l, l), axis=(1, 2))  # C, H', W', l, l
-                patches[sel] = np.moveaxis(view[:, r[sel], c[sel]], 0, 1).reshape(sel.size, dim)
+                patches[sel] = np.moveaxis(view[:, r, c], 0, 1).reshape(sel.size, dim)
         mean = patches.mean(axis=0)
         centred = patches - mean
         cov = centred.T @ centred / (n_patches - 1)

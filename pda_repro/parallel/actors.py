@@ -1,23 +1,13 @@
-"""Executors of the window loop: in-process, Ray actors (the local cores or a cluster), and auto.
+"""Ray for the window loop: the session (embedded or a cluster), the net recipe, the actors and
+`RayExecutor`, which spreads one image's chunks over them (pda_repro.parallel describes the whole).
 
-The one work unit is a chunk of one image's windows (`pda_repro.methods.chunks.run_chunk`): its
-noise comes from its own generator and its batches start at the chunk's first evaluation, so any
-executor forwards exactly the batches of the serial run and the maps are bitwise the same.
-
-    InProcessExecutor()                 the chunks one after another in this process (the serial case)
-    RayExecutor(workers=2)              Ray started embedded on this machine, 2 single-threaded actors
-    RayExecutor(cluster="host:6379")    a running Ray cluster (`ray start --head`), joined by address
-    AutoExecutor()                      in-process for short runs; all local cores when the run is
-                                        long enough to pay for starting Ray (RAY_BREAK_EVEN_S)
-    make_executor(workers, cluster, device)   what explain(workers=, cluster=) and the CLI use
-
-Each Ray worker is an actor that builds the net (backend, prototxt, weights, batch, device) once,
-with its torch and BLAS pools at one thread; it receives (image task, chunk state) and returns the
-chunk's per-window probability sums. The driver places them by chunk id, checkpoints each finished
-chunk as it arrives (`Checkpoint`), shows one progress bar over all workers (polled from the actors),
-retries the chunks of a worker that died on the others (Ray restarts the actor), and on Ctrl-C stops
-the workers and keeps the checkpoint. An unreachable cluster address is a `ClusterError` (a
-ValueError naming the address) within seconds.
+Each worker is an actor that builds the net (backend, prototxt, weights, batch, device) once, with its
+torch and BLAS pools at one thread; it receives (image task, chunk state) and returns the chunk's
+per-window probability sums. The driver places them by chunk id, checkpoints each finished chunk as it
+arrives, shows one progress bar over all workers (polled from the actors), retries the chunks of a
+worker that died on the others (Ray restarts the actor), and on Ctrl-C stops the workers and keeps the
+checkpoint. An unreachable cluster address is a `ClusterError` (a ValueError naming the address)
+within seconds.
 """
 
 from __future__ import annotations
@@ -28,39 +18,23 @@ import dataclasses
 import json
 import os
 import socket
+import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from pda_repro.backends.base import Backend
-from pda_repro.fingerprint import array_fingerprint, net_fingerprint, object_fingerprint
+from pda_repro.fingerprint import net_fingerprint
 from pda_repro.methods.chunks import ChunkExecutor, ChunkSink, ChunkState, WindowTask, run_chunk
 
-# Seconds of serial work below which `auto` stays in-process: a parallel run with speed-up s and
-# start-up t wins once T/s + t < T. `make bench-parallel` measures t and s against one process with
-# one and with two threads (results/<env>/parallel.json, "break_even"); the threshold sits between the
-# two break-evens measured there.
-RAY_BREAK_EVEN_S = 30.0
-PROBE_SECONDS = 1.0  # auto: in-process work timed before deciding
 CONNECT_TIMEOUT_S = 10.0  # a cluster address that does not answer TCP within this is unreachable
 MAX_CHUNK_RETRIES = 3  # a chunk whose worker died this many times stops the run
 SHARED_OBJECTS = 2  # samplers a pool keeps in the object store (the oldest is released)
 POLL_ACTORS = 16  # progress questions per poll (round robin): the driver's polling stays bounded
 WORKER_RECOVERY_S = 120.0  # a failed worker not back (restarted, net built) within this is dropped
-
-
-# What explain(workers=None, cluster=None) uses: set by the harness (`make benchmark WORKERS= CLUSTER=`)
-# and the qualitative compute (--workers/--cluster) so that their long cells take the same path.
-DEFAULTS: dict[str, Any] = {"workers": 1, "cluster": None}
-
-
-def set_defaults(workers: object = 1, cluster: object = None) -> None:
-    """explain()'s workers/cluster when a call passes none (checked here, ValueError naming them)."""
-    DEFAULTS.update(workers=check_workers(workers), cluster=check_cluster(cluster))
 
 
 class ClusterError(ValueError):
@@ -94,24 +68,6 @@ def check_cluster(cluster: object) -> str | None:
     return cluster.strip()
 
 
-# --------------------------------------------------------------------------------------------------
-# In-process
-# --------------------------------------------------------------------------------------------------
-class InProcessExecutor(ChunkExecutor):
-    """The serial case: chunks in order in this process, progress after every batch."""
-
-    name = "in-process"
-    workers = 1
-
-    def run(self, net: Backend, task: WindowTask, states: list[ChunkState], sink: ChunkSink) -> None:
-        for state in states:
-            run_chunk(net, task, state, on_batch=lambda s, n: sink.advance(n, s))
-            sink.finished(state)
-
-
-# --------------------------------------------------------------------------------------------------
-# Ray: the connection (embedded or a cluster), net recipe, actors
-# --------------------------------------------------------------------------------------------------
 _SESSION: dict[str, Any] = {"target": None, "embedded": False}
 
 
@@ -184,7 +140,7 @@ def shutdown() -> None:
     for pool in list(_POOLS.values()):
         pool.kill()
     _POOLS.clear()
-    if "ray" in __import__("sys").modules:
+    if "ray" in sys.modules:
         ray = _ray()
         if ray.is_initialized():
             ray.shutdown()
@@ -582,240 +538,3 @@ def _nbytes(value: Any) -> int:
     if hasattr(value, "__dict__"):
         return sum(_nbytes(v) for v in vars(value).values())
     return 0
-
-
-def _options_key(options: dict) -> str:
-    """Content key of explain() options: the sampler by its fitted parameters, the rest by value."""
-
-    def describe(value: Any) -> Any:
-        if value is None or isinstance(value, bool | int | float | str):
-            return value
-        if isinstance(value, np.ndarray):
-            return array_fingerprint(value)
-        if isinstance(value, list | tuple):
-            return [describe(v) for v in value]
-        return f"{type(value).__qualname__}:{object_fingerprint(value)}"
-
-    return "options:" + json.dumps({k: describe(v) for k, v in sorted(options.items())}, sort_keys=True)
-
-
-def explain_each(
-    net: Backend,
-    images: Sequence[np.ndarray],
-    shared: dict[str, Any],
-    per_image: Sequence[dict[str, Any]] | None = None,
-    *,
-    workers: int | None = None,
-    cluster: str | None = None,
-    progress: bool = True,
-    description: str = "images",
-    return_errors: bool = False,
-) -> Iterator[tuple[int, Any]]:
-    """Whole images as the work units: (index, explain(net, images[i], **shared, **per_image[i])) in
-    the order they finish, each computed in-process on one thread by a Ray worker (None: one per local
-    core, or the cluster's CPUs/GPUs), so each equals a one-thread in-process explain() of its image.
-
-    `shared` (sampler, method settings) goes into the object store once per pool and content;
-    per_image[i] holds what differs (classes, rng as an int seed, a checkpoint path the worker writes
-    and resumes from, keep_checkpoint). One progress bar over all workers: evaluations done, rate, ETA.
-    A worker that dies has its image rerun on another (from its checkpoint, where the worker can read
-    it); Ctrl-C or an error stops the workers (the checkpoints stay). return_errors: an image whose
-    explain() raised yields (index, the exception) and the others go on."""
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
-    per_image = list(per_image) if per_image is not None else [{} for _ in images]
-    if len(per_image) != len(images):
-        raise ValueError(f"per_image has {len(per_image)} entries for {len(images)} images")
-    for options in (shared, *per_image):
-        if isinstance(options.get("rng"), np.random.Generator):
-            raise ValueError(
-                "whole-image runs need rng as an int seed or None (a generator cannot be shared)"
-            )
-        if "callback" in options:
-            raise ValueError("whole-image runs take no callback (progress comes from the workers)")
-    executor = RayExecutor(workers=workers, cluster=cluster, device=net.device)
-    pool = executor._pool(net)
-    ray = pool.ray
-    retryable = _retryable_errors(ray)
-    shared_key = _options_key(shared)
-    shared_ref = pool.share(shared_key, shared)
-    queue, inflight, idle = deque(range(len(images))), {}, list(range(len(pool.actors)))
-    retries: dict[int, int] = {}
-    reported: dict[int, int] = {}  # image -> evaluations shown on the bar
-    per_total: list[int] = []  # evaluations of one image (the images share a shape and settings)
-    bar = tqdm(
-        total=None, unit="eval", desc=description, disable=not progress, leave=False, dynamic_ncols=True
-    )
-
-    def show(image: int, done: int, total: int) -> None:
-        if total and not per_total:
-            per_total.append(total)
-            bar.total = total * len(images)
-            bar.refresh()
-        if done > reported.get(image, 0):
-            bar.update(done - reported.get(image, 0))
-            reported[image] = done
-
-    last_poll = time.perf_counter()
-    try:
-        while queue or inflight:
-            while queue and idle:
-                w, i = idle.pop(0), queue.popleft()
-                ref = pool.actors[w].explain.remote(
-                    [pool.recipe_ref], shared_key, [shared_ref], i, images[i], per_image[i]
-                )
-                inflight[ref] = (w, i)
-            if not inflight:
-                raise RuntimeError("every Ray worker failed and none came back; no worker is left")
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=executor.poll_seconds)
-            for ref in ready:
-                w, i = inflight.pop(ref)
-                try:
-                    result, total = ray.get(ref)
-                except retryable as exc:
-                    retries[i] = retries.get(i, 0) + 1
-                    if retries[i] > MAX_CHUNK_RETRIES:
-                        raise RuntimeError(
-                            f"image {i}: {retries[i]} workers died explaining it ({_one_line(exc)})"
-                        ) from None
-                    bar.update(-reported.pop(i, 0))  # it starts again (from its checkpoint, if any)
-                    queue.appendleft(i)
-                    if not _wait_until_back(ray, pool, w, retryable):
-                        continue  # gone for good: the others go on
-                except ray.exceptions.RayTaskError as exc:
-                    if not return_errors:
-                        raise exc.as_instanceof_cause() from None
-                    idle.append(w)
-                    cause = getattr(exc, "cause", None)  # the exception explain() raised on the worker
-                    yield i, cause if isinstance(cause, BaseException) else exc.as_instanceof_cause()
-                    continue
-                else:
-                    show(i, total, total)
-                    yield i, result
-                idle.append(w)
-            now = time.perf_counter()
-            if inflight and progress and now - last_poll >= executor.poll_seconds:
-                last_poll = now
-                refs = [pool.actors[w].progress.remote() for w, _ in list(inflight.values())[:POLL_ACTORS]]
-                for answer in ray.get(
-                    ray.wait(refs, num_returns=len(refs), timeout=executor.poll_seconds)[0]
-                ):
-                    if answer is not None and len(answer) == 3:
-                        show(-1 - answer[0], answer[1], answer[2])
-    except BaseException:
-        pool.kill()
-        _POOLS.clear()
-        raise
-    finally:
-        bar.close()
-
-
-def explain_many(
-    net: Backend,
-    images: list[np.ndarray],
-    *,
-    workers: int | None = None,
-    cluster: str | None = None,
-    progress: bool = True,
-    **options: Any,
-) -> list[Any]:
-    """explain(net, image, **options) for every image (whole images as the work units, see
-    explain_each); the results in the order of `images`. `rng` must be an int seed or None (every
-    image gets a generator from it, as the CLI does)."""
-    if isinstance(options.get("rng"), np.random.Generator):
-        raise ValueError("explain_many needs rng as an int seed or None (each image gets its own generator)")
-    if "checkpoint" in options or "callback" in options:
-        raise ValueError("explain_many takes no checkpoint or callback (per-image runs on the workers)")
-    results: list[Any] = [None] * len(images)
-    for i, result in explain_each(net, images, options, workers=workers, cluster=cluster, progress=progress):
-        results[i] = result
-    return results
-
-
-# --------------------------------------------------------------------------------------------------
-# Auto: in-process unless the run is long enough for the local cores to pay for Ray
-# --------------------------------------------------------------------------------------------------
-class _HandOff(Exception):
-    pass
-
-
-class AutoExecutor(ChunkExecutor):
-    """Times the first PROBE_SECONDS of the run in-process; if the remaining serial work is over
-    `break_even_s` and there are at least two chunks left, the rest (the started chunk included, from
-    where it stopped) goes to Ray actors on every local core; else the run stays in-process."""
-
-    def __init__(
-        self, device: str = "cpu", break_even_s: float = RAY_BREAK_EVEN_S, workers: int | None = None
-    ):
-        self.device = str(device)
-        self.break_even_s = float(break_even_s)
-        self.cores = workers or local_cores()
-        self.name, self.workers = "in-process", 1
-        self.estimate_s: float | None = None  # the serial estimate the decision was made on
-
-    def run(self, net: Backend, task: WindowTask, states: list[ChunkState], sink: ChunkSink) -> None:
-        self.name, self.workers = "in-process", 1
-        if self.cores < 2 or len(states) < 2 or self.device.startswith("cuda"):
-            InProcessExecutor().run(net, task, states, sink)
-            return
-        first = states[0]
-        start, started = first.done, time.perf_counter()
-        first_sums = first.sums.copy()  # a hand-off redoes the probed batches on a worker
-        remaining = sum(task.chunk_evaluations(s.chunk) - s.done for s in states)
-        decision: list[bool] = []  # [True]: hand the rest to Ray
-
-        def probe(state: ChunkState, n: int) -> None:
-            sink.advance(n, state)
-            complete = state.done >= task.chunk_evaluations(state.chunk)
-            if decision or (time.perf_counter() - started < PROBE_SECONDS and not complete):
-                return
-            per_eval = state.forward / max(1, state.done - start)
-            per_eval += state.sampling / task.chunk_evaluations(state.chunk)
-            self.estimate_s = per_eval * (remaining - (state.done - start))
-            decision.append(self.estimate_s > self.break_even_s)
-            if decision[0] and not complete:
-                raise _HandOff
-
-        rest = states[1:]
-        try:
-            run_chunk(net, task, first, on_batch=probe)
-            sink.finished(first)
-        except _HandOff:
-            # the workers redo the probed batches: every batch of the map is then computed with the
-            # workers' thread count, so the map equals a workers-only run bitwise
-            states[0] = ChunkState(
-                first.chunk,
-                start,
-                first_sums,
-                first.forward_calls,
-                first.images,
-                first.sampling,
-                first.forward,
-            )  # the probe's work stays counted (and timed)
-            sink.advance(start - first.done, states[0])
-            rest = states
-        if not (decision and decision[0]):
-            InProcessExecutor().run(net, task, rest, sink)
-            return
-        ray_executor = RayExecutor(workers=self.cores, device=self.device)
-        self.name, self.workers = ray_executor.name, ray_executor.workers
-        ray_executor.run(net, task, rest, sink)
-
-
-def make_executor(workers: object = 1, cluster: object = None, device: str = "cpu") -> ChunkExecutor:
-    """The executor for explain(workers=, cluster=): 1 -> in-process; N -> N Ray actors on this
-    machine; "auto" -> AutoExecutor; a cluster address -> N (or, with "auto", all of the cluster's
-    CPUs / GPUs) actors there, joined now so that a bad address fails before any work."""
-    if isinstance(workers, ChunkExecutor):  # an executor made by the caller (reused, inspected)
-        return workers
-    workers = check_workers(workers)
-    cluster = check_cluster(cluster)
-    if cluster is not None:
-        executor = RayExecutor(workers=None if workers == "auto" else workers, cluster=cluster, device=device)
-        executor.connect()
-        return executor
-    if workers == "auto":
-        return AutoExecutor(device=device)
-    if workers == 1:
-        return InProcessExecutor()
-    return RayExecutor(workers=workers, device=device)
