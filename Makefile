@@ -61,9 +61,10 @@ bench-module: setup
 figures: setup
 	$(PY) -m pda_repro.cli figures
 
-# Recompute the qualitative figures' maps (about 20 min CPU); `make figures` re-renders them from results/.
+# Compute the qualitative figures' maps (resumable: stored maps are reused); `make figures` re-renders
+# them from results/.
 figures-data: setup
-	OMP_NUM_THREADS=1 $(PY) -m pda_repro.bench.qualitative compute $(if $(WORKERS),--workers $(WORKERS)) \
+	OMP_NUM_THREADS=1 $(PY) -m pda_repro.cli qualitative compute $(if $(WORKERS),--workers $(WORKERS)) \
 	$(if $(CLUSTER),--cluster $(CLUSTER))
 
 train-mnist: setup

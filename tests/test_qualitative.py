@@ -8,7 +8,11 @@ resumes; render reads only the stored data (explain/load_model forbidden) and wr
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import importlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +20,12 @@ import pytest
 from PIL import Image
 
 from pda_repro.bench import qualitative as q
+from pda_repro.bench.qualitative import command, maps, paper
+from pda_repro.cli import CLIError
 from pda_repro.explain import explain, load_model
 from pda_repro.methods import WindowGrid
 from pda_repro.sampling import PatchGaussian
+from pda_repro.seeding import generator
 
 TINY = Path(__file__).resolve().parent.parent / "models" / "tiny" / "conv.prototxt"
 N_TRAIN = 1000
@@ -35,18 +42,23 @@ def tiny_setup(rng: np.random.Generator) -> q.Setup:
         )
         for i in range(2)
     ]
+    gauss = {"window": 2, "outer": 4, "sampler": "gauss"}
     runs = {
-        "pda": q.MethodRun("pda", "pda", "PDA", 2, 4, 3, 2, "gauss"),
-        "epda": q.MethodRun("epda", "epda", "efficient PDA", 2, 4, None, 2, "gauss"),
-        "simplified": q.MethodRun("simplified", "simplified", "simplified", 2, 4, None, 1, "gauss"),
-        "saliency": q.MethodRun("saliency", "saliency", "saliency"),
+        "pda": q.MethodRun(key="pda", method="pda", label="PDA", samples=3, stride=2, **gauss),
+        "epda": q.MethodRun(key="epda", method="epda", label="efficient PDA", stride=2, **gauss),
+        "simplified": q.MethodRun(
+            key="simplified", method="simplified", label="simplified", stride=1, **gauss
+        ),
+        "saliency": q.MethodRun(key="saliency", method="saliency", label="saliency"),
         "deep_taylor": q.MethodRun(
-            "deep_taylor", "deep_taylor", "deep Taylor", options={"bounds": [0.0, 1.0]}
+            key="deep_taylor", method="deep_taylor", label="deep Taylor", options={"bounds": [0.0, 1.0]}
         ),
         "occlusion": q.MethodRun(
-            "occlusion", "occlusion", "occlusion", 2, None, None, 2, None, {"value": 0.5}
+            key="occlusion", method="occlusion", label="occlusion", window=2, stride=2, options={"value": 0.5}
         ),
-        "bad": q.MethodRun("bad", "gradcam", "Grad-CAM (bad blob)", options={"blob": "nope"}, may_fail=True),
+        "bad": q.MethodRun(
+            key="bad", method="gradcam", label="Grad-CAM (bad blob)", options={"blob": "nope"}, may_fail=True
+        ),
     }
     image_set = q.ImageSet(
         name="tiny",
@@ -63,15 +75,23 @@ def tiny_setup(rng: np.random.Generator) -> q.Setup:
         notes={"stride": "stride 2: a test"},
     )
     figures = [
-        q.FigureSpec("figA_tiny", "figA", "tiny", "pairs", ("pda", "epda"), "A", "pairs layout"),
         q.FigureSpec(
-            "figB_tiny",
-            "figB",
-            "tiny",
-            "grid",
-            ("simplified", "saliency", "deep_taylor", "occlusion", "bad"),
-            "B",
-            "grid",
+            name="figA_tiny",
+            key="figA",
+            image_set="tiny",
+            layout="pairs",
+            columns=("pda", "epda"),
+            title="A",
+            caption="pairs layout",
+        ),
+        q.FigureSpec(
+            name="figB_tiny",
+            key="figB",
+            image_set="tiny",
+            layout="grid",
+            columns=("simplified", "saliency", "deep_taylor", "occlusion", "bad"),
+            title="B",
+            caption="grid",
         ),
     ]
     return q.Setup({"tiny": image_set}, figures)
@@ -83,12 +103,12 @@ def _compute(setup: q.Setup, tmp_path: Path, **kw) -> q.ComputeReport:
     )
 
 
-def _forbid(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+def _forbid(monkeypatch: pytest.MonkeyPatch, module: object, *names: str) -> None:
     def boom(*args, **kwargs):
         raise AssertionError("must not be called")
 
     for name in names:
-        monkeypatch.setattr(q, name, boom)
+        monkeypatch.setattr(module, name, boom)
 
 
 def test_compute_stores_what_explain_gives(tiny_setup: q.Setup, tmp_path: Path) -> None:
@@ -114,7 +134,7 @@ def test_compute_stores_what_explain_gives(tiny_setup: q.Setup, tmp_path: Path) 
             stride=2,
             sampler=sampler,
             classes=[info["predicted"]],
-            rng=q._subject_seed(0, "tiny", subject.name, "pda"),
+            rng=generator(0, "tiny", subject.name, "pda"),
             train_size=N_TRAIN,
             progress=False,
         ).maps[0]
@@ -134,7 +154,7 @@ def test_second_compute_recomputes_nothing(
     _compute(tiny_setup, tmp_path)
     files = sorted((tmp_path / "qualitative" / "tiny").rglob("*.npz"))
     before = {p: p.read_bytes() for p in files}
-    _forbid(monkeypatch, "explain")
+    _forbid(monkeypatch, maps, "explain")
     report = _compute(tiny_setup, tmp_path)
     assert not report.computed and not report.failed and len(report.skipped) == 2 * 7
     assert {p: p.read_bytes() for p in files} == before
@@ -145,7 +165,7 @@ def test_force_and_changed_settings_recompute(
 ) -> None:
     _compute(tiny_setup, tmp_path, only=["figA"])
     image_set = tiny_setup.image_sets["tiny"]
-    image_set.runs["pda"] = q.MethodRun("pda", "pda", "PDA", 2, 4, 4, 2, "gauss")  # S changed: stale
+    image_set.runs["pda"] = dataclasses.replace(image_set.runs["pda"], samples=4)  # S changed: stale
     report = _compute(tiny_setup, tmp_path, only=["figA"])
     assert sorted(report.computed) == ["tiny/img0/pda", "tiny/img1/pda"]
     report = _compute(tiny_setup, tmp_path, only=["figA"], force=True)
@@ -163,7 +183,7 @@ def test_interrupted_compute_keeps_finished_maps_and_resumes(
             raise KeyboardInterrupt
         return explain(*args, **kwargs)
 
-    monkeypatch.setattr(q, "explain", flaky)
+    monkeypatch.setattr(maps, "explain", flaky)
     with pytest.raises(KeyboardInterrupt):
         _compute(tiny_setup, tmp_path, only=["figA"])
     root = tmp_path / "qualitative"
@@ -196,7 +216,10 @@ def test_failed_write_leaves_no_file(
 
 def test_render_reads_only_data(tiny_setup: q.Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _compute(tiny_setup, tmp_path)
-    _forbid(monkeypatch, "explain", "load_model", "compute", "default_setup")
+    _forbid(monkeypatch, importlib.import_module("pda_repro.explain"), "explain", "load_model")
+    _forbid(monkeypatch, maps, "explain", "compute")
+    _forbid(monkeypatch, paper, "load_model", "default_setup")
+    _forbid(monkeypatch, q, "compute", "default_setup")
     notes: list[str] = []
     paths = q.render_qualitative(tmp_path, notes=notes)
     assert [p.name for p in paths] == ["figA_tiny.png", "figB_tiny.png"] and not notes
@@ -220,7 +243,7 @@ def test_subjects_share_out_the_work_and_a_full_run_writes_the_json(
     assert not (tmp_path / "qualitative" / "figA_tiny.json").exists()
     report = _compute(tiny_setup, tmp_path, only=["figA"], subjects=["img0"])
     assert sorted(report.computed) == ["tiny/img0/epda", "tiny/img0/pda"]
-    _forbid(monkeypatch, "explain")
+    _forbid(monkeypatch, maps, "explain")
     report = _compute(tiny_setup, tmp_path, only=["figA"])
     assert not report.computed and len(report.skipped) == 4
     doc = json.loads((tmp_path / "qualitative" / "figA_tiny.json").read_text())
@@ -230,16 +253,8 @@ def test_subjects_share_out_the_work_and_a_full_run_writes_the_json(
 
 
 def test_figure_notes_override_the_image_set_notes(tiny_setup: q.Setup, tmp_path: Path) -> None:
-    fig = tiny_setup.figures[0]
-    tiny_setup.figures[0] = q.FigureSpec(
-        fig.name,
-        fig.key,
-        fig.image_set,
-        fig.layout,
-        fig.columns,
-        fig.title,
-        fig.caption,
-        notes={"stride": "stride 1 here", "extra": "x"},
+    tiny_setup.figures[0] = dataclasses.replace(
+        tiny_setup.figures[0], notes={"stride": "stride 1 here", "extra": "x"}
     )
     _compute(tiny_setup, tmp_path)
     doc_a = json.loads((tmp_path / "qualitative" / "figA_tiny.json").read_text())
@@ -282,7 +297,7 @@ def test_same_class_photo_is_another_image_of_the_class() -> None:
     from pda_repro import zoo
 
     settings = q.Settings()
-    first, second = q._same_class_subjects(zoo.get("efficientnet_lite0"), settings)
+    first, second = q.same_class_subjects(zoo.get("efficientnet_lite0"), settings)
     assert first.name == settings.same_class_of and second.name == f"{settings.same_class_photo}_crop"
     assert second.x.shape == first.x.shape == (3, 224, 224) and second.display.shape == (224, 224, 3)
     assert second.expected_class == first.expected_class == q.PHOTO_CLASSES[settings.same_class_of]
@@ -293,7 +308,7 @@ def test_same_class_photo_is_another_image_of_the_class() -> None:
     probs, _ = load_model("efficientnet_lite0", batch=2).forward(np.stack([first.x, second.x]))
     assert list(np.argmax(probs, axis=1)) == [first.expected_class] * 2  # both correctly classified
     with pytest.raises(ValueError, match="photo 'no_such_photo' not found"):
-        q._same_class_subjects(zoo.get("efficientnet_lite0"), q.Settings(same_class_photo="no_such_photo"))
+        q.same_class_subjects(zoo.get("efficientnet_lite0"), q.Settings(same_class_photo="no_such_photo"))
 
 
 def test_default_setup_covers_the_figure_keys() -> None:
@@ -313,10 +328,11 @@ def test_default_setup_covers_the_figure_keys() -> None:
         (["--batch", "0"], "--batch must be >= 1"),
     ],
 )
-def test_compute_cli_rejects_bad_settings(args: list[str], message: str, tmp_path: Path, capsys) -> None:
-    with pytest.raises(SystemExit) as exc:
-        q.main(["compute", "--results-dir", str(tmp_path), *args])
-    assert exc.value.code == 2 and message in capsys.readouterr().err
+def test_compute_cli_rejects_bad_settings(args: list[str], message: str, tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    command.configure(parser)
+    with pytest.raises(CLIError, match=re.escape(message)):  # pda-repro: exit code 2, the message on stderr
+        command.run(parser.parse_args(["compute", "--results-dir", str(tmp_path), *args]))
     assert not list(tmp_path.iterdir())
 
 
