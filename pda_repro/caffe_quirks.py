@@ -80,10 +80,15 @@ def ave_pool_divisors(size: int, kernel: int, stride: int, pad: int, pooled: int
     return (end - start).astype(np.float64)
 
 
-def max_pool(
-    x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], out: Sequence[int]
+def _pad_for_pooling(
+    x: torch.Tensor,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    pad: Sequence[int],
+    out: Sequence[int],
+    value: float,
 ) -> torch.Tensor:
-    """Quirks 1-2: Caffe MAX pooling of N×C×H×W `x` into `out` = (pooled_h, pooled_w) windows."""
+    """`x` padded by `pad` on the top/left and by Caffe's extra right/bottom padding (quirk 1) with `value`."""
     import torch.nn.functional as F  # noqa: PLC0415
 
     h, w = x.shape[-2:]
@@ -92,7 +97,17 @@ def max_pool(
         for s, k, st, p, o in zip((h, w), kernel, stride, pad, out, strict=True)
     ]
     if any(pad) or any(right):
-        x = F.pad(x, (pad[1], right[1], pad[0], right[0]), value=-FLT_MAX)
+        x = F.pad(x, (pad[1], right[1], pad[0], right[0]), value=value)
+    return x
+
+
+def max_pool(
+    x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], out: Sequence[int]
+) -> torch.Tensor:
+    """Quirks 1-2: Caffe MAX pooling of N×C×H×W `x` into `out` = (pooled_h, pooled_w) windows."""
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    x = _pad_for_pooling(x, kernel, stride, pad, out, -FLT_MAX)
     y = F.max_pool2d(x, tuple(kernel), tuple(stride))
     return y[..., : out[0], : out[1]]
 
@@ -105,12 +120,7 @@ def ave_pool(
     import torch.nn.functional as F  # noqa: PLC0415
 
     h, w = x.shape[-2:]
-    right = [
-        _right_padding(s, k, st, p, o)
-        for s, k, st, p, o in zip((h, w), kernel, stride, pad, out, strict=True)
-    ]
-    if any(pad) or any(right):
-        x = F.pad(x, (pad[1], right[1], pad[0], right[0]), value=0.0)
+    x = _pad_for_pooling(x, kernel, stride, pad, out, 0.0)
     mean = F.avg_pool2d(x, tuple(kernel), tuple(stride))[..., : out[0], : out[1]]
     div_h = ave_pool_divisors(h, kernel[0], stride[0], pad[0], out[0])
     div_w = ave_pool_divisors(w, kernel[1], stride[1], pad[1], out[1])

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,9 @@ import pytest
 from pda_repro import proto, zoo
 from pda_repro.backends import BACKENDS, BackendError, load_backend
 from pda_repro.backends.caffemodel import CaffemodelError, write_caffemodel
+from pda_repro.paths import REPO_ROOT
 from tests.conftest import require_caffe
 
-REPO = Path(__file__).resolve().parent.parent
 BACKEND_NAMES = ["torch", pytest.param("caffe", marks=pytest.mark.caffe)]
 
 
@@ -252,7 +251,7 @@ def test_torch_backend_works_where_pycaffe_does_not_import():
         print("ok")
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
     )
@@ -263,7 +262,7 @@ def test_torch_backend_works_where_pycaffe_does_not_import():
 def test_netspec_entry_point_writes_prototxts(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "pda_repro.netspec", "--out", str(tmp_path), "mnist", "alexnet"],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alexnet.prototxt", "mnist.prototxt"]

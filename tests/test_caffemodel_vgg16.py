@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +16,9 @@ from pda_repro import proto, zoo
 from pda_repro.backends import load_backend
 from pda_repro.backends.caffemodel import write_caffemodel
 from pda_repro.backends.fillers import random_weights
+from pda_repro.paths import REPO_ROOT
 from tests.conftest import require_caffe
 
-REPO = Path(__file__).resolve().parent.parent
 GIB = 1024**3
 
 # Peak resident memory of a fresh process: VmHWM of /proc/self/status (getrusage's ru_maxrss would carry
@@ -58,7 +57,7 @@ def test_full_size_vgg16_caffemodel(tmp_path):
     kept = {"conv1_1": weights["conv1_1"], "fc8": weights["fc8"]}
     del weights
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", READ_AND_MEASURE, str(path)],
         capture_output=True,

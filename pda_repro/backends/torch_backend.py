@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pda_repro import caffe_quirks, proto
-from pda_repro.backends.base import Backend, BackendError, Output
+from pda_repro.backends.base import Backend, BackendError, Output, resolve_blob_name
 from pda_repro.backends.caffemodel import match_weights
 from pda_repro.incremental.caffe_graph import caffe_graph
 from pda_repro.incremental.engine import BaseState, IncrementalEngine
@@ -309,19 +309,9 @@ class CaffeNet(nn.Module):
 
     def resolve(self, name: str) -> tuple[str, int]:
         """(blob, index of the layer after which to take it; -1 for the input) for a blob name."""
-        blob, _, layer = name.partition("@")
-        if blob not in self.last_write:
-            raise BackendError(f"unknown blob {blob!r}; blobs: {', '.join(self.last_write)}")
-        if not layer:
-            return blob, self.last_write[blob]
-        if layer not in self.index:
-            raise BackendError(f"unknown layer {layer!r} in blob name {name!r}")
-        i = self.index[layer]
-        if blob not in self.layer_params[i].top:
-            raise BackendError(
-                f"layer {layer!r} does not write blob {blob!r} (its tops: {list(self.layer_params[i].top)})"
-            )
-        return blob, i
+        return resolve_blob_name(
+            name, self.last_write, self.index, lambda layer: list(self.layer_params[self.index[layer]].top)
+        )
 
     def run(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
         wanted: dict[int, list[tuple[str, str]]] = {}
@@ -451,11 +441,6 @@ class TorchBackend(Backend):
         for start in range(0, x.shape[0], self.batch):
             yield start, torch.from_numpy(x[start : start + self.batch]).to(self.device)
 
-    def _output_blob(self, output: Output) -> str:
-        if output not in ("prob", "logit"):
-            raise BackendError(f"output must be 'prob' or 'logit', got {output!r}")
-        return self.prob_blob if output == "prob" else self.logits_blob
-
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = self.check_input(x)
         probs, logits = [], []
@@ -484,7 +469,7 @@ class TorchBackend(Backend):
     ) -> tuple[np.ndarray, np.ndarray]:
         x = self.check_input(x)
         target = self.class_vector(classes, x.shape[0])
-        out_blob = self._output_blob(output)
+        out_blob = self.output_blob(output)
         self.model.resolve(blob)
         activations, gradients = [], []
         for start, chunk in self._chunks(x):
@@ -502,8 +487,3 @@ class TorchBackend(Backend):
             activations.append(activation.detach().cpu().numpy().copy())
             gradients.append(grad.detach().cpu().numpy().copy())
         return np.concatenate(activations), np.concatenate(gradients)
-
-    def input_gradient(
-        self, x: np.ndarray, classes: int | Sequence[int], output: Output = "prob"
-    ) -> np.ndarray:
-        return self.blob_gradient(x, self.input_blob, classes, output)[1]

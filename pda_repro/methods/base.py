@@ -38,7 +38,7 @@ class RunContext:
     checkpoint: Path | None = None
     checkpoint_options: dict = field(default_factory=dict)  # every_batches / every_seconds
     window_subset: Any = None  # int (evenly spread), window ids, or None (all)
-    executor: Any = None  # a pda_repro.methods.windows.ChunkExecutor for window methods (None: in-process)
+    executor: Any = None  # a pda_repro.methods.chunks.ChunkExecutor for window methods (None: in-process)
 
 
 @dataclass

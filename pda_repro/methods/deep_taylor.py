@@ -44,6 +44,12 @@ class _Step:
     options: dict | None = None
 
 
+def _float64_params(blobs: list[np.ndarray], bias_term: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """A layer's weight and (if it has one) bias in float64."""
+    bias = np.asarray(blobs[1], dtype=np.float64) if bias_term and len(blobs) > 1 else None
+    return np.asarray(blobs[0], dtype=np.float64), bias
+
+
 def _pair(values, h_value: int, w_value: int, default: int) -> tuple[int, int]:
     vals = list(values)
     if h_value or w_value:
@@ -79,13 +85,11 @@ def _build_chain(net: Backend) -> list[_Step]:
             p = layer.convolution_param
             if p.axis not in (1,) or len(p.kernel_size) > 2:
                 raise ValueError(f"deep_taylor supports 2-D convolutions only (layer {name!r})")
-            w = weights[name]
             steps.append(
                 _Step(
                     "conv",
                     name,
-                    np.asarray(w[0], dtype=np.float64),
-                    np.asarray(w[1], dtype=np.float64) if p.bias_term and len(w) > 1 else None,
+                    *_float64_params(weights[name], p.bias_term),
                     {
                         "stride": _pair(p.stride, p.stride_h, p.stride_w, 1),
                         "padding": _pair(p.pad, p.pad_h, p.pad_w, 0),
@@ -100,15 +104,7 @@ def _build_chain(net: Backend) -> list[_Step]:
                 raise ValueError(
                     f"deep_taylor supports InnerProduct with axis 1, no transpose (layer {name!r})"
                 )
-            w = weights[name]
-            steps.append(
-                _Step(
-                    "ip",
-                    name,
-                    np.asarray(w[0], dtype=np.float64),
-                    np.asarray(w[1], dtype=np.float64) if p.bias_term and len(w) > 1 else None,
-                )
-            )
+            steps.append(_Step("ip", name, *_float64_params(weights[name], p.bias_term)))
         elif t == "ReLU":
             if layer.relu_param.negative_slope != 0:
                 raise ValueError(f"deep_taylor supports plain ReLU only; layer {name!r} is leaky")

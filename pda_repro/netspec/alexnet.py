@@ -33,11 +33,5 @@ def alexnet() -> Any:
     x = b.conv("conv5", x, 256, 3, gauss, tenth, pad=1, group=2)
     b.relu("relu5", x)
     x = b.pool("pool5", x, "MAX", 3, 2)
-    fc_gauss = filler("gaussian", std=0.005)
-    for i in (6, 7):
-        x = b.inner_product(f"fc{i}", x, 4096, fc_gauss, tenth)
-        b.relu(f"relu{i}", x)
-        b.dropout(f"drop{i}", x, 0.5)
-    x = b.inner_product("fc8", x, 1000, gauss, zero)
-    b.softmax("prob", x)
+    b.ilsvrc_classifier(x, filler("gaussian", std=0.005), tenth, gauss, zero)
     return b.net

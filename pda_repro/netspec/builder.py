@@ -129,3 +129,15 @@ class NetBuilder:
 
     def softmax(self, name: str, bottom: str, top: str | None = None) -> str:
         return self._layer(name, "Softmax", [bottom], top or name).top[0]
+
+    def ilsvrc_classifier(
+        self, bottom: str, hidden_weight: Any, hidden_bias: Any, out_weight: Any, out_bias: Any
+    ) -> str:
+        """The AlexNet/VGG head: fc6, fc7 (4096 each, ReLU, dropout 0.5), fc8 (1000 classes), Softmax."""
+        x = bottom
+        for i in (6, 7):
+            x = self.inner_product(f"fc{i}", x, 4096, hidden_weight, hidden_bias)
+            self.relu(f"relu{i}", x)
+            self.dropout(f"drop{i}", x, 0.5)
+        x = self.inner_product("fc8", x, 1000, out_weight, out_bias)
+        return self.softmax("prob", x)

@@ -24,10 +24,5 @@ def vgg16() -> Any:
             x = b.conv(f"conv{block}_{i}", x, channels, 3, weight, zero, pad=1)
             b.relu(f"relu{block}_{i}", x)
         x = b.pool(f"pool{block}", x, "MAX", 2, 2)
-    for i in (6, 7):
-        x = b.inner_product(f"fc{i}", x, 4096, weight, zero)
-        b.relu(f"relu{i}", x)
-        b.dropout(f"drop{i}", x, 0.5)
-    x = b.inner_product("fc8", x, 1000, weight, zero)
-    b.softmax("prob", x)
+    b.ilsvrc_classifier(x, weight, zero, weight, zero)
     return b.net

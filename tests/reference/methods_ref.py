@@ -20,10 +20,10 @@ from google.protobuf import text_format
 
 from pda_repro._generated import caffe_pb2
 from pda_repro.backends.base import Backend, BackendError
+from pda_repro.paths import REPO_ROOT
 from pda_repro.sampling import WindowImputer
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "models" / "tiny"
+TINY = REPO_ROOT / "models" / "tiny"
 
 
 def parse_prototxt(path: Path) -> caffe_pb2.NetParameter:
@@ -62,6 +62,20 @@ def random_weights(net_param: caffe_pb2.NetParameter, rng: np.random.Generator, 
             shape = (shape[0], *out)
         shapes[layer.name] = shape
     return weights
+
+
+# every method of the registry (the paper's methods and baselines), in the README's order
+ALL_METHODS = (
+    "pda",
+    "epda",
+    "epda_sampled",
+    "simplified",
+    "occlusion",
+    "saliency",
+    "gradient_x_input",
+    "gradcam",
+    "deep_taylor",
+)
 
 
 class NumpyChainBackend(Backend):
