@@ -95,7 +95,7 @@ class ComputeReport:
     json_files: list[Path] = field(default_factory=list)
 
 
-def select_figures(setup: Setup, only: Sequence[str] | None) -> list[FigureSpec]:
+def _select_figures(setup: Setup, only: Sequence[str] | None) -> list[FigureSpec]:
     """The figures named (by key or full name) in `only`; all when it is empty."""
     if not only:
         return list(setup.figures)
@@ -133,7 +133,7 @@ def compute(
     started, cpu_started = time.perf_counter(), time.process_time()
     ckpt_root = Path(checkpoint_dir) if checkpoint_dir is not None else cache_dir("qualitative-checkpoints")
     by_set: dict[str, list[FigureSpec]] = {}
-    for fig in select_figures(setup, only):
+    for fig in _select_figures(setup, only):
         by_set.setdefault(fig.image_set, []).append(fig)
     subjects_of = {name: setup.image_sets[name].subjects() for name in by_set}  # images read once
     wanted = None if subjects is None else set(subjects)

@@ -45,32 +45,52 @@ def _by_key(*runs: MethodRun) -> dict[str, MethodRun]:
     return {run.key: run for run in runs}
 
 
-def _gradient_runs(*, deep_taylor_may_fail: bool) -> tuple[MethodRun, ...]:
-    """The baselines without a window: gradients, Grad-CAM, deep Taylor."""
+def _shared_runs(
+    *,
+    window: int,
+    outer: int,
+    samples: int,
+    stride: int,
+    sampler: str,
+    grey: float,
+    grey_label: str,
+    deep_taylor_may_fail: bool,
+) -> tuple[MethodRun, ...]:
+    """The runs both image sets have: PDA (Alg. 1), efficient PDA (Alg. 2) and the baselines (gradients,
+    Grad-CAM, deep Taylor, occlusion with `grey` windows)."""
+    windowed = {"window": window, "outer": outer, "sampler": sampler, "stride": stride}
     return (
+        MethodRun(key="pda", method="pda", label="PDA (Alg. 1)", samples=samples, **windowed),
+        MethodRun(key="epda", method="epda", label="efficient PDA (Alg. 2)", **windowed),
         MethodRun(key="saliency", method="saliency", label="saliency"),
         MethodRun(key="gradient_x_input", method="gradient_x_input", label="gradient × input"),
         MethodRun(key="gradcam", method="gradcam", label="Grad-CAM"),
         MethodRun(
             key="deep_taylor", method="deep_taylor", label="deep Taylor", may_fail=deep_taylor_may_fail
         ),
+        MethodRun(
+            key="occlusion",
+            method="occlusion",
+            label=grey_label,
+            window=window,
+            stride=stride,
+            options={"value": grey},
+        ),
     )
 
 
 def _photo_runs(s: Settings) -> dict[str, MethodRun]:
-    """Figs 14, 15, 19 and the photo baselines: k×k windows, conditional sampler `gauss`."""
+    """Figs 14, 15, 19 and the photo baselines: k×k windows, conditional sampler `gauss`; deep Taylor
+    does not apply to EfficientNet-Lite0 (its error is stored and drawn)."""
     conditional = {"window": s.window, "outer": s.outer, "sampler": "gauss"}
     return _by_key(
-        MethodRun(
-            key="pda",
-            method="pda",
-            label="PDA (Alg. 1)",
+        *_shared_runs(
+            **conditional,
             samples=s.samples,
             stride=s.photo_stride,
-            **conditional,
-        ),
-        MethodRun(
-            key="epda", method="epda", label="efficient PDA (Alg. 2)", stride=s.photo_stride, **conditional
+            grey=0.0,
+            grey_label="occlusion (grey)",
+            deep_taylor_may_fail=True,
         ),
         MethodRun(
             key="epda_sampled",
@@ -94,42 +114,22 @@ def _photo_runs(s: Settings) -> dict[str, MethodRun]:
             stride=s.full_stride,
             **conditional,
         ),
-        *_gradient_runs(deep_taylor_may_fail=True),
-        MethodRun(
-            key="occlusion",
-            method="occlusion",
-            label="occlusion (grey)",
-            window=s.window,
-            stride=s.photo_stride,
-            options={"value": 0.0},
-        ),
     )
 
 
 def _mnist_runs(s: Settings) -> dict[str, MethodRun]:
-    """Fig 13 and the MNIST baselines: marginal sampling; the outer size is not used by it."""
-    marginal = {"window": s.mnist_window, "outer": s.mnist_window + 8, "sampler": "marginal"}
+    """Fig 13 and the MNIST baselines: marginal sampling (the outer size is not used by it)."""
     return _by_key(
-        MethodRun(
-            key="pda",
-            method="pda",
-            label="PDA (Alg. 1)",
+        *_shared_runs(
+            window=s.mnist_window,
+            outer=s.mnist_window + 8,
             samples=s.mnist_samples,
             stride=s.mnist_stride,
-            **marginal,
-        ),
-        MethodRun(
-            key="epda", method="epda", label="efficient PDA (Alg. 2)", stride=s.mnist_stride, **marginal
-        ),
-        *_gradient_runs(deep_taylor_may_fail=False),
-        MethodRun(
-            key="occlusion",
-            method="occlusion",
-            label="occlusion (grey 0.5)",
-            window=s.mnist_window,
-            stride=s.mnist_stride,
-            options={"value": 0.5},
-        ),
+            sampler="marginal",
+            grey=0.5,
+            grey_label="occlusion (grey 0.5)",
+            deep_taylor_may_fail=False,
+        )
     )
 
 
