@@ -164,7 +164,7 @@ def net_recipe(net: Backend) -> dict:
     rebuildable = net.name in BACKENDS and type(net) is BACKENDS[net.name]()
     if not rebuildable:
         return {"kind": "pickled", "net": net}
-    spec = getattr(net, "model_spec", None)
+    spec = net.model_spec
     return {
         "kind": "backend",
         "backend": net.name,
@@ -216,6 +216,9 @@ class ChunkWorker:
         self.task_id: str | None = None
         self.task: WindowTask | None = None
         self.state: ChunkState | None = None
+        self.shared_key: str | None = None  # the shared object (sampler, options) fetched last
+        self.shared_value: Any = None
+        self.image_progress: tuple[int, int, int] | None = None  # (-1 - image, done, total) of explain()
 
     def setup(self, recipe_ref: list) -> int:
         """Build the net (once); returns the process id."""
@@ -265,7 +268,7 @@ class ChunkWorker:
         """The object put once per pool under `key` (the last one fetched stays here)."""
         import ray  # noqa: PLC0415
 
-        if key != getattr(self, "shared_key", None):
+        if key != self.shared_key:
             self.shared_value, self.shared_key = ray.get(ref[0]), key
         return self.shared_value
 
@@ -273,7 +276,7 @@ class ChunkWorker:
         """(chunk, evaluations done) of the chunk running now, or (-1 - image, done) of a whole image."""
         state = self.state
         if state is None:
-            return getattr(self, "image_progress", None)
+            return self.image_progress
         return (state.chunk, state.done)
 
     def explain(
@@ -374,6 +377,7 @@ class RayExecutor(ChunkExecutor):
         self.pool: _Pool | None = None
         self.startup_seconds = 0.0  # this executor's Ray start + actor start (0 when reused)
         self.retried = 0  # chunks re-run because their worker died
+        self._poll_turn = 0  # which slice of the busy workers the next progress poll asks
 
     def connect(self) -> Any:
         """Start or join Ray now (a bad cluster address fails here, before any work)."""
@@ -498,7 +502,7 @@ class RayExecutor(ChunkExecutor):
 
     def _poll_progress(self, ray: Any, pool: _Pool, inflight: dict, reported: dict, sink: ChunkSink) -> None:
         busy = sorted({w for w, _ in inflight.values()})
-        self._poll_turn = getattr(self, "_poll_turn", 0) + 1
+        self._poll_turn += 1
         if len(busy) > POLL_ACTORS:  # a different slice each time; finished chunks report anyway
             start = (self._poll_turn * POLL_ACTORS) % len(busy)
             busy = (busy + busy)[start : start + POLL_ACTORS]

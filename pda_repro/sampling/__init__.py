@@ -17,10 +17,12 @@ the window lies in the shifted patch); they are computed once per such case and 
 samples as ``mean + L z`` in one (triangular) product.  The paper's "Sampling Time" paragraph measured
 about 5 minutes for one image's 501,760 samples when this is done per window.
 
-Every sampler ("imputer") follows one contract used by the shared window loop::
+Every sampler ("imputer") is a `WindowImputer` (sampling/base.py), the one contract the shared window
+loop uses (pda_repro.methods.windows.Imputation says which of its outputs a method evaluates)::
 
-    k, channels                                         window size, channel count
+    k, channels, l                                      window size, channel count, outer patch (or None)
     check(x)                                            ValueError naming the values if x does not fit
+    fingerprint()                                       what changes its values (checkpoint identity)
     sample_at(x, rows, cols, n, rng) -> (W, n, C, k, k) float32   n draws per window (rows[i], cols[i])
     mean_at(x, rows, cols)          -> (W, C, k, k) float32      conditional mean / fill value
     sample(x, n, rng, stride=1)     -> (n_rows, n_cols, n, C, k, k)   all windows

@@ -1,13 +1,5 @@
-"""The imputer contract (`WindowImputer`), the argument checks the samplers share, BLAS threads.
-
-Every sampler ("imputer") follows one contract used by the shared window loop (pda_repro.sampling)::
-
-    k, channels, l                                       window size, channel count, outer patch (or None)
-    check(x)                                             ValueError naming the values if x does not fit
-    sample_at(x, rows, cols, n, rng) -> (W, n, C, k, k)  n draws per window (rows[i], cols[i])
-    mean_at(x, rows, cols)          -> (W, C, k, k)      conditional mean / fill value
-    fingerprint()                   -> dict              what changes the values (checkpoint identity)
-"""
+"""The imputer contract (`WindowImputer`, described in pda_repro.sampling), the argument checks the
+samplers share, and the BLAS thread limit they sample under (threadpoolctl)."""
 
 from __future__ import annotations
 
