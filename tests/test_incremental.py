@@ -417,7 +417,7 @@ def test_window_method_maps_incremental_equal_full(name, k, l, stride, methods, 
 def test_incremental_experiment_row(tmp_path, rng, monkeypatch):
     """The benchmark cell on a tiny torch net: the row's ratios and differences follow from its parts."""
     from pda_repro.bench import incremental as I
-    from pda_repro.methods.windows import WindowGrid
+    from pda_repro.grid import WindowGrid
     from pda_repro.sampling import MarginalSampler
     from tests.test_bench_experiments import TinyContext
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from pda_repro.explain import Explanation, explain
+from pda_repro.grid import WindowGrid
 from pda_repro.methods import (
     METHODS,
     Imputation,
-    WindowGrid,
     average_over_windows,
     laplace_correct,
     log2_odds,

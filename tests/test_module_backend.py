@@ -401,8 +401,8 @@ def test_incremental_benchmark_row_and_readme_table(tmp_path):
     from pda_repro.bench import incremental, incremental_module
     from pda_repro.bench.common import BenchContext
     from pda_repro.bench.results import ResultStore
+    from pda_repro.grid import WindowGrid
     from pda_repro.incremental import cost
-    from pda_repro.methods.windows import WindowGrid
 
     net = load_model(tiny(10), input_shape=(3, 24, 24), preprocess={"crop": 24, "resize": None})
     image = np.random.default_rng(9).standard_normal((3, 24, 24)).astype(np.float32)
