@@ -13,6 +13,7 @@ from pda_repro.bench import results as R
 from pda_repro.bench.common import BenchContext
 from pda_repro.bench.plan import Cell, CellSkipped, run_cells
 from pda_repro.bench.results import ResultStore, cell_id
+from pda_repro.io import FILE_MODE
 
 
 # --- atomic writers -----------------------------------------------------------------------------------
@@ -22,9 +23,7 @@ def test_atomic_write_text_replaces_and_leaves_no_temp(tmp_path):
     R.atomic_write_text(path, "second")
     assert path.read_text() == "second"
     assert [p.name for p in path.parent.iterdir()] == ["a.txt"]
-    mask = os.umask(0)
-    os.umask(mask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # an ordinary file, not mkstemp's 0600
+    assert path.stat().st_mode & 0o777 == FILE_MODE  # the one permission policy (pda_repro.io), not 0600
 
 
 def test_atomic_write_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):
