@@ -68,13 +68,13 @@ figures-data: setup
 	$(if $(CLUSTER),--cluster $(CLUSTER))
 
 train-mnist: setup
-	$(PY) -m pda_repro.train.mnist
+	$(PY) -m pda_repro.cli train mnist
 
 convert-efficientnet: setup
-	$(PY) -m pda_repro.convert.efficientnet --out models
+	$(PY) -m pda_repro.cli convert efficientnet --out models
 
 prototxts: setup
-	$(PY) -m pda_repro.netspec
+	$(PY) -m pda_repro.cli prototxts
 
 lint: setup
 	$(PY) -m ruff check pda_repro tests benchmarks

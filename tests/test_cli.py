@@ -312,7 +312,7 @@ def test_help_models_version():
 
 
 def test_registered_subcommands_and_errors(capsys):
-    """Other modules add commands with add_subcommand; CLIError -> one line and exit 2."""
+    """A command is a row of the command table; CLIError -> one line and exit 2."""
     from pda_repro import cli
 
     seen = {}
@@ -326,18 +326,15 @@ def test_registered_subcommands_and_errors(capsys):
             raise cli.CLIError(f"--n must be >= 0, got {args.n}")
         return 0
 
-    cli.add_subcommand("selftest-cmd", "a test command", configure, run)
-    try:
-        with pytest.raises(ValueError, match="already registered"):
-            cli.add_subcommand("selftest-cmd", "again", configure, run)
-        assert cli.main(["selftest-cmd", "--n", "5"]) == 0 and seen["n"] == 5
-        assert cli.main(["selftest-cmd", "--n", "-1"]) == 2
-        err = capsys.readouterr().err
-        assert err.strip() == "pda-repro: error: --n must be >= 0, got -1"
-        assert cli.main(["selftest-cmd", "--n", "x"]) == 2
-        assert len(error_lines(capsys.readouterr().err)) == 1
-    finally:
-        cli.SUBCOMMANDS.pop("selftest-cmd", None)
+    commands = (*cli.COMMANDS, cli.Command("selftest-cmd", "a test command", configure, run))
+    with pytest.raises(ValueError, match="already registered"):
+        cli.build_parser((*commands, cli.Command("selftest-cmd", "again", configure, run)))
+    assert cli.main(["selftest-cmd", "--n", "5"], commands) == 0 and seen["n"] == 5
+    assert cli.main(["selftest-cmd", "--n", "-1"], commands) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "pda-repro: error: --n must be >= 0, got -1"
+    assert cli.main(["selftest-cmd", "--n", "x"], commands) == 2
+    assert len(error_lines(capsys.readouterr().err)) == 1
 
 
 def test_directories_and_globs_explain_each_with_unique_names(work, digit_png, mnist_args):
@@ -366,10 +363,11 @@ def test_directories_and_globs_explain_each_with_unique_names(work, digit_png, m
 
 
 def test_class_requests_and_names():
-    from pda_repro.cli import CLIError, _classes_for, _resolve_class_request, _unique_stems
+    from pda_repro.cli import CLIError
+    from pda_repro.cli.explain_args import classes_for, resolve_class_request, unique_stems
 
     names = ["tench, Tinca tinca", "goldfish, Carassius auratus", "great white shark", "tabby, tabby cat"]
-    assert _resolve_class_request(["top2", "3", "Goldfish", "tabby_cat", "top9"], names) == [
+    assert resolve_class_request(["top2", "3", "Goldfish", "tabby_cat", "top9"], names) == [
         "top2",
         3,
         1,
@@ -377,13 +375,13 @@ def test_class_requests_and_names():
         "top4",
     ]
     probs = np.array([0.1, 0.2, 0.6, 0.1])
-    assert _classes_for(["top2", 3, 1], probs) == [2, 1, 3]  # duplicates dropped, order kept
-    assert _classes_for(["top1"], np.array([0.3, 0.3, 0.4, 0.0])) == [2]
+    assert classes_for(["top2", 3, 1], probs) == [2, 1, 3]  # duplicates dropped, order kept
+    assert classes_for(["top1"], np.array([0.3, 0.3, 0.4, 0.0])) == [2]
     with pytest.raises(CLIError, match=r"'tabyy' .*did you mean 'tabby'"):
-        _resolve_class_request(["tabyy"], names)
+        resolve_class_request(["tabyy"], names)
     with pytest.raises(CLIError, match=r"class index 4 out of range 0\.\.3"):
-        _resolve_class_request(["4"], names)
-    assert _unique_stems([Path("a/x.png"), Path("b/x.jpg"), Path("y.png"), Path("c/x.png")]) == [
+        resolve_class_request(["4"], names)
+    assert unique_stems([Path("a/x.png"), Path("b/x.jpg"), Path("y.png"), Path("c/x.png")]) == [
         "x",
         "x-2",
         "y",

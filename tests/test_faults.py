@@ -688,7 +688,9 @@ def test_nan_probabilities_stop_the_image_naming_the_stage(world, tmp_path, monk
 
 
 def test_json_is_always_strict():
-    text = cli._dumps({"a": float("nan"), "b": [np.float32(np.inf), 1.5], "c": np.arange(2)})
+    from pda_repro.cli.outputs import dumps
+
+    text = dumps({"a": float("nan"), "b": [np.float32(np.inf), 1.5], "c": np.arange(2)})
     assert _strict_json(text) == {"a": None, "b": [None, 1.5], "c": [0, 1]}
 
 

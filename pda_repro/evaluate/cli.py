@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from pda_repro.bench.cli_commands import _positive_int as _positive
+from pda_repro.cli.argtypes import positive_int as _positive
 
 FILL_CHOICES = ("mean", "blur", "zeros")
+HELP = "faithfulness metrics (deletion/insertion, ROAD, faithfulness correlation) of explain outputs (.npz)"
+DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
 
 def _fills(text: str) -> tuple[str, ...]:
@@ -31,6 +33,7 @@ def _fills(text: str) -> tuple[str, ...]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `pda-repro evaluate`."""
     parser.add_argument("maps", nargs="+", help="<stem>.npz files written by `pda-repro explain`")
     parser.add_argument(
         "--fills",
@@ -86,6 +89,7 @@ def _read(path: Path, images: str | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Score every map of the .npz files and write the CSV (and its JSON)."""
     import pandas as pd
 
     from pda_repro.bench.results import atomic_write_csv, atomic_write_json
@@ -118,10 +122,10 @@ def run(args: argparse.Namespace) -> int:
         block = args.block or int(s.get("window") or 10)
         sampler = None
         if "mean" in args.fills:
-            from pda_repro.bench.qualitative import _photo_sampler
+            from pda_repro.bench.qualitative import photo_sampler
 
             outer = int(s.get("outer") or block + 8)
-            sampler = _photo_sampler(spec.name, block, outer, 0)
+            sampler = photo_sampler(spec.name, block, outer, 0)
         try:
             fills = {f: fill_image(x, f, block, sampler) for f in args.fills}
         except ValueError as exc:
@@ -159,13 +163,3 @@ def run(args: argparse.Namespace) -> int:
         print(frame[["file", *shown]].to_string(index=False))
     print(f"evaluate: {len(rows)} rows -> {out}")
     return 0
-
-
-def register(add_subcommand: Any) -> None:
-    add_subcommand(
-        "evaluate",
-        "faithfulness metrics (deletion/insertion, ROAD, faithfulness correlation) of explain outputs (.npz)",
-        configure,
-        run,
-        description=__doc__.split("\n\n", 1)[1],
-    )
