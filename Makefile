@@ -45,18 +45,18 @@ microbench: setup
 	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-json results/$$($(PY) -c 'from pda_repro.bench.results import env_name; print(env_name())')/pytest-benchmark.json
 
 bench-sampler: setup
-	$(PY) benchmarks/bench_sampler.py
+	$(PY) -m pda_repro.cli benchmark sampler
 
 bench-batch: setup
-	$(PY) benchmarks/bench_batch.py
+	$(PY) -m pda_repro.cli benchmark batch
 
-# Ray workers vs one process, Ray start-up and memory -> results/<env>/parallel.csv (~10 min, 2 cores)
+# Ray workers vs one process, Ray start-up and memory -> results/<env>/parallel.csv
 bench-parallel: setup
-	$(PY) benchmarks/bench_parallel.py $(if $(WORKERS),--workers $(WORKERS))
+	$(PY) -m pda_repro.cli benchmark parallel $(if $(WORKERS),--workers $(WORKERS))
 
-# incremental vs full inference on torchvision resnet18 -> results/<env>/incremental_module.csv (~15 min, 2 cores)
+# incremental vs full inference on torchvision resnet18 -> results/<env>/incremental_module.csv
 bench-module: setup
-	$(PY) -m pda_repro.bench.incremental_module
+	$(PY) -m pda_repro.cli benchmark module
 
 figures: setup
 	$(PY) -m pda_repro.cli figures

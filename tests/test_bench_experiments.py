@@ -14,6 +14,7 @@ from pda_repro.bench import inputs
 from pda_repro.bench import table1 as T
 from pda_repro.bench.common import BenchContext
 from pda_repro.bench.results import ResultStore
+from pda_repro.bench.settings import RunSettings
 from pda_repro.sampling import PatchGaussian
 from tests.reference.methods_ref import TINY, NumpyChainBackend, parse_prototxt, random_spd, random_weights
 
@@ -43,7 +44,7 @@ class TinyContext(BenchContext):
     """A BenchContext whose 'model' is a tiny test net held in memory."""
 
     def __init__(self, tmp_path, net, **kw):
-        super().__init__(store=ResultStore(tmp_path, "cpu-test-2c"), **kw)
+        super().__init__(store=ResultStore(tmp_path, "cpu-test-2c"), settings=RunSettings(**kw))
         self._machine = {"cpu_model": "test"}
         self.net = net
         c, h, w = net.input_shape

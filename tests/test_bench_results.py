@@ -13,6 +13,7 @@ from pda_repro.bench import results as R
 from pda_repro.bench.common import BenchContext
 from pda_repro.bench.plan import Cell, CellSkipped, run_cells
 from pda_repro.bench.results import ResultStore, cell_id
+from pda_repro.bench.settings import RunSettings
 from pda_repro.io import FILE_MODE
 
 
@@ -161,7 +162,7 @@ def test_store_rejects_bad_env_and_empty_rows(tmp_path):
 
 # --- run_cells: skip, force, resume ---------------------------------------------------------------------
 def _ctx(tmp_path, force=False):
-    ctx = BenchContext(store=ResultStore(tmp_path, "cpu-test-2c"), force=force)
+    ctx = BenchContext(store=ResultStore(tmp_path, "cpu-test-2c"), settings=RunSettings(force=force))
     ctx._machine = {"cpu_model": "test"}  # skip the (slow-ish) machine probe
     return ctx
 
@@ -225,16 +226,15 @@ def test_cell_metadata_has_settings_and_load(tmp_path):
     assert "load_average_1_5_15" in meta and "date" in meta
 
 
-def test_context_validates_settings(tmp_path):
-    store = ResultStore(tmp_path, "e")
+def test_run_settings_are_validated(tmp_path):
     with pytest.raises(ValueError, match="device"):
-        BenchContext(store=store, device="gpu")
+        RunSettings(device="gpu")
     with pytest.raises(ValueError, match="profile"):
-        BenchContext(store=store, profile="slow")
+        RunSettings(profile="slow")
     with pytest.raises(ValueError, match="batch"):
-        BenchContext(store=store, batch=0)
+        RunSettings(batch=0)
     with pytest.raises(ValueError, match="does not exist"):
-        BenchContext(store=store, weights=str(tmp_path / "none.caffemodel"))
+        RunSettings(weights=str(tmp_path / "none.caffemodel"))
 
 
 def test_context_rng_streams_are_reproducible_and_distinct(tmp_path):

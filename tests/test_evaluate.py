@@ -457,14 +457,17 @@ def test_bootstrap_interval(rng):
 def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatch):
     import dataclasses
 
-    from pda_repro.bench import faithfulness as fx
     from pda_repro.bench.common import BenchContext
+    from pda_repro.bench.faithfulness import cells as fx_cells
+    from pda_repro.bench.faithfulness import maps as fx_maps
+    from pda_repro.bench.faithfulness import plans as fx_plans
+    from pda_repro.bench.faithfulness import warm as fx_warm
     from pda_repro.bench.figures import render_faithfulness, write_readme
     from pda_repro.bench.inputs import mnist_inputs
     from pda_repro.bench.plan import run_cells
     from pda_repro.bench.results import ResultStore
 
-    full = fx.plan_for("mnist", "quick")
+    full = fx_plans.plan_for("mnist", "quick")
     keep = ("pda", "pda_seed1", "epda", "saliency", "random", "constant")
     plan = dataclasses.replace(
         full,
@@ -479,17 +482,17 @@ def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatc
         steps=6,
         fc_runs=5,
     )
-    monkeypatch.setattr(fx, "plan_for", lambda model, profile: plan)
-    monkeypatch.setattr(fx, "_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(fx_plans, "plan_for", lambda model, profile: plan)
+    monkeypatch.setattr(fx_maps, "faithfulness_cache", lambda: tmp_path / "cache")
     store = ResultStore(tmp_path / "results", "test-env")
     ctx = BenchContext(store=store)
     # `warm` fills the caches (every map and metric evaluation, each once); the cells then only read them
-    ran = fx.warm(ctx, "mnist", say=lambda m: None)
-    st = fx._STATES[(id(ctx), "mnist", "torch")]
-    assert ran == len(fx.warm_tasks(st)) and st.cpu_seconds > 0
+    ran = fx_warm.warm(ctx, "mnist", say=lambda m: None)
+    st = fx_maps._STATES[(id(ctx), "mnist", "torch")]
+    assert ran == len(fx_warm.warm_tasks(st)) and st.cpu_seconds > 0
     computed = st.cpu_seconds
     assert not list((tmp_path / "cache" / "mnist" / "locks").iterdir())
-    report = run_cells(ctx, fx.cells(ctx, ["mnist"], ["torch"]), show_progress=False)
+    report = run_cells(ctx, fx_cells.cells(ctx, ["mnist"], ["torch"]), show_progress=False)
     assert len(report.written) == 3 and not report.not_run
     assert st.cpu_seconds == computed  # no map made twice
     faith, agree = store.read("faithfulness"), store.read("agreement")
@@ -498,7 +501,7 @@ def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatc
 
     x, m = st.images[0][1], st.get("epda", 0)[0]
     direct, _ = evaluate_map(st.net, x, m, st.classes[0], plan.window, st.sampler("marginal"), fills=plan.fills,
-                             steps=plan.steps, fc_runs=plan.fc_runs, rng=np.random.default_rng([ctx.seed, 7, 0]))  # fmt: skip
+                             steps=plan.steps, fc_runs=plan.fc_runs, rng=np.random.default_rng([ctx.settings.seed, 7, 0]))  # fmt: skip
     row = faith[faith["map"] == "epda"].iloc[0]
     for metric in ("deletion_auc_mean", "insertion_auc_zeros", "road_lerf_auc", "faithfulness_correlation"):
         assert row[metric] == pytest.approx(direct[metric], abs=1e-6)
@@ -521,6 +524,22 @@ def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatc
     text = write_readme(tmp_path / "results", pngs).read_text()
     assert "#### mnist: ranking (1 images" in text and "PDA vs PDA with another seed" in text
     assert "Model-randomisation sanity check" in text
+
+
+def test_faithfulness_seeds_are_the_words_its_cached_maps_were_made_with():
+    """pda_repro.seeding's stream of (seed, run seed, image name) is the generator the faithfulness maps were
+    cached with (seed words [seed, run seed, first 8 bytes of sha256(name), little-endian])."""
+    import hashlib
+
+    from pda_repro import seeding
+
+    for seed, run_seed, name in ((0, 0, "coffee"), (0, 1, "squirrel_cls"), (3, 0, "mnist_test_0007")):
+        words = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+        assert seeding.stream_words(run_seed, name) == [run_seed, words]
+        old = np.random.default_rng([seed, run_seed, words]).standard_normal(8)
+        np.testing.assert_array_equal(seeding.generator(seed, run_seed, name).standard_normal(8), old)
+        old_i = np.random.default_rng([seed, 7, 2]).standard_normal(4)
+        np.testing.assert_array_equal(seeding.generator(seed, 7, 2).standard_normal(4), old_i)
 
 
 def test_stride_choice_takes_the_largest_stride_every_model_keeps():
@@ -575,7 +594,7 @@ def test_warm_locks_are_taken_over_only_from_a_dead_process(tmp_path):
     import subprocess
     import sys
 
-    from pda_repro.bench.faithfulness import _claim
+    from pda_repro.bench.faithfulness.warm import _claim
 
     lock = tmp_path / "locks" / "map-x.lock"
     assert _claim(lock) and lock.read_text() == str(os.getpid())

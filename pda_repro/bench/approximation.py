@@ -140,7 +140,7 @@ def summarise_neurons(mean: np.ndarray, std: np.ndarray) -> dict[str, Any]:
 def run_fig9_10(ctx: BenchContext, model: str, backend_name: str) -> tuple[list[dict], dict]:
     net = _net(ctx, model, backend_name)
     spec = ctx.spec(model)
-    setting = setting_for(spec, ctx.profile)
+    setting = setting_for(spec, ctx.settings.profile)
     layers = fc_layers(model, net)
     image, image_name = timing_image(ctx, model)
     sampler, _ = ctx.sampler(model, setting.window, setting.outer)
@@ -151,7 +151,7 @@ def run_fig9_10(ctx: BenchContext, model: str, backend_name: str) -> tuple[list[
     arrays: dict[str, np.ndarray] = {}
     rows = []
     _, weights = ctx.weights_for(model)
-    npz_rel = f"fig9_10/{model}_{backend_name}_{ctx.device}_{ctx.profile}_{weights_slug(weights)}.npz"
+    npz_rel = f"fig9_10/{model}_{backend_name}_{ctx.settings.device}_{ctx.settings.profile}_{weights_slug(weights)}.npz"
     for layer in layers:
         mean, std = neuron_statistics(blobs[pre_relu_blob(layer)])
         safe = layer.replace("/", "_")
@@ -225,7 +225,7 @@ def am_ngm(
 def run_fig11(ctx: BenchContext, model: str, backend_name: str) -> tuple[list[dict], dict]:
     net = _net(ctx, model, backend_name)
     spec = ctx.spec(model)
-    setting = setting_for(spec, ctx.profile)
+    setting = setting_for(spec, ctx.settings.profile)
     images, source = distinct_images(ctx, model, setting.n_images)
     sampler, _ = ctx.sampler(model, setting.window, setting.outer)
     row, col = center_window(tuple(spec.input_shape), setting.window)
@@ -233,7 +233,7 @@ def run_fig11(ctx: BenchContext, model: str, backend_name: str) -> tuple[list[di
     rows = []
     for i, (name, image) in enumerate(images):
         rng = ctx.rng("fig11", model, i)
-        res = am_ngm(net, sampler, image, row, col, setting.am_samples, ctx.batch, rng)
+        res = am_ngm(net, sampler, image, row, col, setting.am_samples, ctx.settings.batch, rng)
         rows.append(
             {
                 "weights": weights,
@@ -289,12 +289,20 @@ def pda_convergence(
 def run_fig16(ctx: BenchContext, model: str, backend_name: str) -> tuple[list[dict], dict]:
     net = _net(ctx, model, backend_name)
     spec = ctx.spec(model)
-    setting = setting_for(spec, ctx.profile)
+    setting = setting_for(spec, ctx.settings.profile)
     image, image_name = timing_image(ctx, model)
     sampler, _ = ctx.sampler(model, setting.window, setting.outer)
     row, col = center_window(tuple(spec.input_shape), setting.window)
     c, p_epda, curves = pda_convergence(
-        net, sampler, image, row, col, setting.s_max, setting.repeats, ctx.batch, ctx.rng("fig16", model)
+        net,
+        sampler,
+        image,
+        row,
+        col,
+        setting.s_max,
+        setting.repeats,
+        ctx.settings.batch,
+        ctx.rng("fig16", model),
     )
     diff = np.abs(curves - p_epda)
     q1, med, q3 = np.quantile(diff, [0.25, 0.5, 0.75], axis=0)
@@ -355,7 +363,7 @@ def cells(
     out = []
     for model in models:
         spec = ctx.spec(model)
-        setting = setting_for(spec, ctx.profile)
+        setting = setting_for(spec, ctx.settings.profile)
         _, weights = ctx.weights_for(model)
         trained = ctx.has_trained_weights(model)
         for backend_name in backends:
@@ -365,18 +373,18 @@ def cells(
                 plan.append(("fig9_10", 2 * spb + 5.0))
             if trained:
                 n11 = setting.n_images * (setting.am_samples + 2)
-                plan.append(("fig11", n11 / ctx.batch * spb * 1.3 + 5.0))
+                plan.append(("fig11", n11 / ctx.settings.batch * spb * 1.3 + 5.0))
                 n16 = setting.repeats * setting.s_max + 2
-                plan.append(("fig16", n16 / ctx.batch * spb * 1.3 + 5.0))
+                plan.append(("fig16", n16 / ctx.settings.batch * spb * 1.3 + 5.0))
             for experiment, estimate in plan:
                 if experiment not in figures:
                     continue
                 key = {
                     "model": model,
                     "backend": backend_name,
-                    "device": ctx.device,
+                    "device": ctx.settings.device,
                     "weights": weights,
-                    "profile": ctx.profile,
+                    "profile": ctx.settings.profile,
                 }
 
                 def run(
@@ -389,7 +397,7 @@ def cells(
                     prune_superseded(ctx, experiment, key)
                     return rows, meta
 
-                label = f"{experiment} {model}/{backend_name}/{ctx.device} ({weights})"
+                label = f"{experiment} {model}/{backend_name}/{ctx.settings.device} ({weights})"
                 out.append(Cell(experiment, key, label, estimate, run, model, DESCRIPTIONS[experiment]))
     return out
 

@@ -1,54 +1,74 @@
-"""The benchmark subcommands of ``pda-repro`` (registered through pda_repro.cli's plugin hook):
+"""The benchmark subcommands of ``pda-repro`` (imported by pda_repro's command line):
 
 pda-repro benchmark run [--model M] [--backend B] [--device D] [--batch N] [--profile P]
                         [--weights W] [--force] [--experiments table1,fig12,incremental,approx]
-pda-repro benchmark regress [--update-baseline] [--tolerance 2.0]
+pda-repro benchmark regress [--update-baseline] [--tolerance F]
+pda-repro benchmark batch|sampler|parallel|module ...   (stand-alone measurements into results/<env>/)
+pda-repro benchmark warm --model M                        (fill the faithfulness caches; one per core)
 pda-repro figures [--results DIR]
+
+`benchmark run`'s options fill one RunSettings (pda_repro.bench.settings), which the runner and every
+experiment read.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pda_repro.bench.results import RESULTS_DIR, command_line
 
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
-    return n
+if TYPE_CHECKING:
+    from pda_repro.bench.settings import RunSettings
 
 
-def _threads(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number >= 0 (0: library defaults), got {value!r}"
-        ) from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 (0: library defaults), got {value!r}")
-    return n
+def _whole_number(minimum: int, what: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            n = minimum - 1
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+        return n
+
+    return parse
+
+
+_positive_int = _whole_number(1, "a whole number >= 1")
+_count = _whole_number(0, "a whole number >= 0")
+_threads = _whole_number(0, "a whole number >= 0 (0: library defaults)")
 
 
 def _factor(value: str) -> float:
     try:
         f = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a factor >= 1 (e.g. 2.0), got {value!r}") from None
+        f = 0.0
     if not f >= 1:
         raise argparse.ArgumentTypeError(f"expected a factor >= 1 (e.g. 2.0), got {value!r}")
     return f
 
 
+def _names(value: str) -> list[str]:
+    """'a,b' -> ['a', 'b'] (empty items dropped)."""
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _positive_ints(value: str) -> list[int]:
+    items = _names(value)
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers >= 1, got {value!r}")
+    return [_positive_int(v) for v in items]
+
+
 def configure_benchmark(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="benchmark_command", metavar="{run,regress}")
+    sub = parser.add_subparsers(
+        dest="benchmark_command", metavar="{run,regress,batch,sampler,parallel,module,warm}"
+    )
     sub.required = True
     run = sub.add_parser(
         "run",
@@ -87,7 +107,7 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
         help="comma list of table1, fig12, incremental, approx (Figs 9/10, 11, 16), or all; faithfulness (long) "
         "only when named",
     )
-    run.add_argument("--results", default=str(RESULTS_DIR), help="results directory")
+    run.add_argument("--results", dest="results_dir", default=str(RESULTS_DIR), help="results directory")
     run.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     run.add_argument(
         "--threads",
@@ -110,9 +130,12 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
         help="how Figure 12's explanations compute a window's forward pass: incremental where the backend "
         "has it (auto), or always full re-inference; the incremental experiment measures both",
     )
-    run.add_argument("--no-progress", action="store_true", help="no progress lines")
+    run.add_argument("--no-progress", dest="show_progress", action="store_false", help="no progress lines")
     run.add_argument(
-        "--inner-progress", action="store_true", help="also a tqdm bar inside each explain() run"
+        "--inner-progress",
+        dest="show_inner_progress",
+        action="store_true",
+        help="also a tqdm bar inside each explain() run",
     )
     reg = sub.add_parser(
         "regress",
@@ -130,6 +153,171 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
         help="allowed factor for every ratio (default: the stored ones — 1.5 for efficient/PDA, 2 for the others)",
     )
     reg.add_argument("--results", default=str(RESULTS_DIR), help="results directory")
+    _configure_measurements(sub, parser.formatter_class)
+
+
+def _configure_measurements(sub: Any, formatter: Any) -> None:
+    """The stand-alone measurements: batch, sampler, parallel, module, and the faithfulness warm-up."""
+    from pda_repro.bench import batch_size, incremental_module, parallel_speed
+
+    results = {"default": str(RESULTS_DIR), "help": "results directory"}
+    b = sub.add_parser(
+        "batch",
+        help="forward time per image against batch size -> results/<env>/batch_size.csv",
+        description=batch_size.__doc__.split("\n\n")[0],
+        formatter_class=formatter,
+    )
+    b.add_argument("--models", type=_names, default=list(batch_size.DEFAULT_MODELS))
+    b.add_argument("--backends", type=_names, default=["torch"])
+    b.add_argument("--batches", type=_positive_ints, default=list(batch_size.DEFAULT_BATCHES))
+    b.add_argument("--rounds", type=_positive_int, default=3)
+    b.add_argument("--min-images", type=_positive_int, default=32)
+    b.add_argument("--threads", type=_threads, default=1, help="threads per library; 0 = library defaults")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--results-dir", **results)
+    s = sub.add_parser(
+        "sampler",
+        help="all conditional samples of one image, vectorised vs per-window reference -> sampler.csv",
+        description="Sampler benchmark: all conditional samples PDA needs for one image (paper Sec. 2, "
+        "'Sampling Time'), vectorised vs the per-window reference.",
+        formatter_class=formatter,
+    )
+    s.add_argument("--reference-windows", type=_positive_int, default=200)
+    s.add_argument("--repeats", type=_positive_int, default=3)
+    s.add_argument(
+        "--reference-windows-default-threads",
+        type=_count,
+        default=40,
+        help="windows for the reference with default BLAS threads (0: skip)",
+    )
+    s.add_argument("--results-dir", **results)
+    p = sub.add_parser(
+        "parallel",
+        help="window-loop throughput on Ray workers vs one process -> results/<env>/parallel.csv",
+        description=parallel_speed.__doc__.split("\n\n")[0],
+        formatter_class=formatter,
+    )
+    p.add_argument("--models", type=_names, default=list(parallel_speed.DEFAULT_MODELS))
+    p.add_argument("--rounds", type=_positive_int, default=2)
+    p.add_argument(
+        "--chunks", type=_positive_int, default=8, help="work units per run (windows split evenly)"
+    )
+    p.add_argument("--workers", type=_positive_int, default=2)
+    p.add_argument("--before-model", default="efficientnet_lite0", help="model of the 'before' timing")
+    p.add_argument("--windows", type=_positive_int, default=None, help="windows per model (default: WINDOWS)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--full-image",
+        type=_names,
+        default=["efficientnet_lite0", "vgg16"],
+        help="models (comma-separated) whose whole image (every window at --full-image-stride) is also run, "
+        "once per config ('' to skip)",
+    )
+    p.add_argument("--full-image-stride", type=_positive_int, default=2)
+    p.add_argument(
+        "--scaling-rounds", type=_positive_int, default=3, help="rounds of the machine-scaling test"
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows and per-model settings of models not run now from the existing parallel.csv/.json",
+    )
+    p.add_argument(
+        "--projection-only",
+        action="store_true",
+        help="measure the driver's per-chunk costs and add the projection to an existing parallel.json",
+    )
+    p.add_argument("--results-dir", **results)
+    m = sub.add_parser(
+        "module",
+        help="incremental vs full inference on PyTorch models -> results/<env>/incremental_module.csv",
+        description=incremental_module.__doc__.splitlines()[0],
+        formatter_class=formatter,
+    )
+    m.add_argument(
+        "--windows", type=_positive_int, default=incremental_module.WINDOWS, help="windows timed per mode"
+    )
+    m.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=incremental_module.REPEATS,
+        help="ABBA repetitions (the median is kept)",
+    )
+    m.add_argument("--results", **results)
+    m.add_argument("--force", action="store_true", help="re-measure stored cells")
+    m.add_argument(
+        "--readme",
+        nargs="?",
+        const="README.md",
+        default=None,
+        metavar="FILE",
+        help="only regenerate the table in FILE (default README.md) from the results",
+    )
+    w = sub.add_parser(
+        "warm",
+        help="compute the faithfulness maps and metric evaluations into the caches (run several at once)",
+        description="Compute every map and metric evaluation of a model's faithfulness plan into the caches, "
+        "each task claimed with a lock file, so that several processes share the work; "
+        "`benchmark run --experiments faithfulness` then reads them.",
+        formatter_class=formatter,
+    )
+    w.add_argument("--model", required=True)
+    w.add_argument("--profile", default="quick", choices=("quick", "paper"))
+    w.add_argument("--threads", type=_threads, default=1, help="threads per library; 0 = library defaults")
+    w.add_argument("--seed", type=int, default=0)
+
+
+def _run_measurement(args: argparse.Namespace) -> int:
+    command = args.benchmark_command
+    if command == "batch":
+        from pda_repro.bench import batch_size
+
+        batch_size.run(args.models, args.backends, args.batches, args.rounds, args.min_images, args.threads,
+                       args.seed, args.results_dir)  # fmt: skip
+    elif command == "sampler":
+        from pda_repro.bench import sampler_speed
+
+        sampler_speed.run(args.reference_windows, args.repeats, args.reference_windows_default_threads,
+                          args.results_dir)  # fmt: skip
+    elif command == "parallel":
+        from pda_repro.bench import parallel_speed
+
+        parallel_speed.run(
+            args.models, args.rounds, args.chunks, args.workers, args.before_model, args.windows, args.seed,
+            args.full_image, args.full_image_stride, args.scaling_rounds, args.merge, args.projection_only,
+            args.results_dir,
+        )  # fmt: skip
+    elif command == "module":
+        from pda_repro.bench import incremental_module
+
+        if args.readme:
+            updated = incremental_module.update_readme(args.readme, args.results)
+            print(f"{args.readme}: {'updated' if updated else 'no block'}")
+        else:
+            print(incremental_module.run(args.results, args.windows, args.force, args.repeats))
+    else:
+        from pda_repro.bench.common import BenchContext
+        from pda_repro.bench.faithfulness.warm import warm
+        from pda_repro.bench.results import ResultStore, env_name
+        from pda_repro.bench.runner import limit_threads
+        from pda_repro.bench.settings import RunSettings
+
+        settings = RunSettings(
+            profile=args.profile, seed=args.seed, threads=args.threads, command=command_line()
+        )
+        limit_threads(settings.thread_limit)
+        ctx = BenchContext(store=ResultStore(RESULTS_DIR, env_name()), settings=settings)
+        n = warm(ctx, args.model, say=lambda m: print(m, flush=True))
+        print(f"done: {n} tasks", flush=True)
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> RunSettings:
+    """The RunSettings `benchmark run`'s options name (each option's dest is a RunSettings field)."""
+    from pda_repro.bench.settings import RunSettings
+
+    names = {f.name for f in dataclasses.fields(RunSettings)} - {"command"}
+    return RunSettings(**{n: getattr(args, n) for n in names}, command=command_line())
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
@@ -138,41 +326,33 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if args.benchmark_command == "regress":
         from pda_repro.bench.regress import run_regress
 
-        code = run_regress(
+        return run_regress(
             args.results,
             update_baseline=args.update_baseline,
             tolerance=args.tolerance,
             command=command_line(),
         )
-        return code
+    if args.benchmark_command != "run":
+        try:
+            return _run_measurement(args)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
     from pda_repro import parallel
-    from pda_repro.bench.run import RunRequest, run
+    from pda_repro.bench.run import run
 
     try:
-        workers = args.workers if args.workers == "auto" else int(args.workers)
-        parallel.set_defaults(workers, args.cluster)
-        if args.cluster:
-            parallel.make_executor(workers, args.cluster)  # a bad address: one line, exit 2, now
+        settings = _settings(args)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    try:
+        workers = settings.workers if settings.workers == "auto" else int(settings.workers)
+        parallel.set_defaults(workers, settings.cluster)
+        if settings.cluster:
+            parallel.make_executor(workers, settings.cluster)  # a bad address: one line, exit 2, now
     except ValueError as exc:
         raise CLIError(f"--workers/--cluster: {exc}") from None
-    request = RunRequest(
-        model=args.model,
-        backend=args.backend,
-        device=args.device,
-        batch=args.batch,
-        profile=args.profile,
-        weights=args.weights,
-        force=args.force,
-        experiments=args.experiments,
-        results_dir=args.results,
-        seed=args.seed,
-        progress=not args.no_progress,
-        inner_progress=args.inner_progress,
-        threads=args.threads or None,
-        inference=args.inference,
-    )
     try:
-        report = run(request, command=command_line())
+        report = run(settings)
     except (ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise CLIError(str(msg)) from None
@@ -219,7 +399,8 @@ def register(add_subcommand: Any) -> None:
     """Called by pda_repro.cli when it builds its parser."""
     add_subcommand(
         "benchmark",
-        "benchmarks: `benchmark run` (Table 1, Fig 12, Figs 9/10/11/16 into results/) and `benchmark regress`",
+        "benchmarks: `benchmark run` (Table 1, Fig 12, Figs 9/10/11/16 into results/), `regress`, and the "
+        "stand-alone measurements (batch, sampler, parallel, module, warm)",
         configure_benchmark,
         run_benchmark,
     )

@@ -15,12 +15,12 @@ import numpy as np
 from pda_repro import seeding
 from pda_repro.bench.results import ResultStore, machine_metadata, weights_label
 from pda_repro.bench.runner import Progress
+from pda_repro.bench.settings import RunSettings
 
 PAPER_MODELS = ("alexnet", "vgg16", "googlenet")
 ZOO_MODELS = ("alexnet", "vgg16", "googlenet", "mnist")
 OPTIONAL_MODELS = ("efficientnet_lite0",)
 BACKENDS = ("caffe", "torch")
-PROFILES = ("quick", "paper")
 
 # Rough seconds per forward batch of 160 on a 2-core CPU (torch), used only for the ETA before the
 # run has measured its own (Table 1 rows of this env replace them).
@@ -36,7 +36,6 @@ __all__ = [
     "BACKENDS",
     "BenchContext",
     "PAPER_MODELS",
-    "PROFILES",
     "ZOO_MODELS",
     "available_models",
     "random_input",
@@ -60,42 +59,24 @@ def random_input(shape: tuple[int, ...], spec: Any, rng: np.random.Generator) ->
 
 @dataclass
 class BenchContext:
-    """Settings of one `pda-repro benchmark run` and the things its experiments share."""
+    """What the experiments of one `pda-repro benchmark run` share: its settings (read, never copied), the
+    result store, the progress line, and the models and samplers loaded once."""
 
     store: ResultStore
-    device: str = "cpu"
-    batch: int = 160
-    profile: str = "quick"
-    weights: str | None = None
-    force: bool = False
-    seed: int = 0
-    command: str | None = None
+    settings: RunSettings = field(default_factory=RunSettings)
     progress: Progress | None = None
-    show_inner_progress: bool = False
-    threads: int | None = None  # threads per library (torch, OpenBLAS); None/0: the libraries' defaults
-    inference: str = "auto"  # Figure 12's forward passes: auto | incremental | full
     _backends: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
     _samplers: dict[tuple[Any, ...], tuple[Any, dict]] = field(default_factory=dict, repr=False)
     _machine: dict[str, Any] | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
-        if self.profile not in PROFILES:
-            raise ValueError(f"profile must be one of {PROFILES}, got {self.profile!r}")
-        if not isinstance(self.batch, int) or self.batch < 1:
-            raise ValueError(f"batch must be a positive integer, got {self.batch!r}")
-        if self.weights is not None and not Path(self.weights).is_file():
-            raise ValueError(f"weights file {self.weights!r} does not exist")
 
     # -- metadata ----------------------------------------------------------------------------------
     def machine(self) -> dict[str, Any]:
         """Machine metadata, computed once per run (load average refreshed per call of ``cell_meta``)."""
         if self._machine is None:
-            self._machine = machine_metadata(self.command)
+            self._machine = machine_metadata(self.settings.command)
         return self._machine
 
-    def cell_meta(self, **settings: Any) -> dict[str, Any]:
+    def cell_meta(self, **cell_settings: Any) -> dict[str, Any]:
         """Metadata for one cell: the machine's, the run's settings, and the cell's own settings."""
         import datetime as dt
         import os
@@ -106,12 +87,12 @@ class BenchContext:
             meta["load_average_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
         meta.update(
             {
-                "device": self.device,
-                "batch": self.batch,
-                "profile": self.profile,
-                "seed": self.seed,
-                "threads_per_library": self.threads or "library defaults",
-                **settings,
+                "device": self.settings.device,
+                "batch": self.settings.batch,
+                "profile": self.settings.profile,
+                "seed": self.settings.seed,
+                "threads_per_library": self.settings.threads or "library defaults",
+                **cell_settings,
             }
         )
         return meta
@@ -125,13 +106,13 @@ class BenchContext:
     def weights_for(self, model: str) -> tuple[str | None, str]:
         """(weights path or None, label) for a model: --weights if given, else the zoo's trained weights
         if it has them, else seeded random fillers."""
-        if self.weights is not None:
-            return self.weights, weights_label(self.weights)
+        if self.settings.weights is not None:
+            return self.settings.weights, weights_label(self.settings.weights)
         spec = self.spec(model)
         path = getattr(spec, "weights", None)
         if path is not None and Path(path).is_file():
             return str(path), weights_label(path)
-        return None, f"random (seeded fillers, seed {self.seed})"
+        return None, f"random (seeded fillers, seed {self.settings.seed})"
 
     def has_trained_weights(self, model: str) -> bool:
         return self.weights_for(model)[0] is not None
@@ -144,12 +125,17 @@ class BenchContext:
 
             weights, _ = self.weights_for(model)
             self._backends[key] = load_backend(
-                model, backend=backend, device=self.device, weights=weights, batch=self.batch, seed=self.seed
+                model,
+                backend=backend,
+                device=self.settings.device,
+                weights=weights,
+                batch=self.settings.batch,
+                seed=self.settings.seed,
             )
-            if self.threads:
+            if self.settings.threads:
                 from pda_repro.bench.runner import limit_threads
 
-                limit_threads(self.threads)  # pycaffe's OpenBLAS is loaded with its backend
+                limit_threads(self.settings.threads)  # pycaffe's OpenBLAS is loaded with its backend
         return self._backends[key]
 
     def sampler(
@@ -165,7 +151,10 @@ class BenchContext:
         if key not in self._samplers:
             from pda_repro.bench.inputs import model_sampler
 
-            self._samplers[key] = (model_sampler(self, model, window, outer), {})
+            self._samplers[key] = (
+                model_sampler(self.spec(model), model, window, outer, self.settings.seed),
+                {},
+            )
         sampler, setups = self._samplers[key]
         if image_hw is None:
             return sampler, 0.0
@@ -186,7 +175,7 @@ class BenchContext:
             for key in [k for k in self._samplers if model is None or k[0] == model]:
                 del self._samplers[key]
         gc.collect()
-        if self.device == "cuda":
+        if self.settings.device == "cuda":
             with contextlib.suppress(Exception):
                 import torch
 
@@ -195,7 +184,7 @@ class BenchContext:
     def rng(self, *stream: int | str) -> np.random.Generator:
         """A Generator seeded from the run's seed and a stream name, so every cell is reproducible on its
         own (a resumed run draws what an uninterrupted one would have)."""
-        return seeding.generator(self.seed, *stream)
+        return seeding.generator(self.settings.seed, *stream)
 
     # -- ETA ---------------------------------------------------------------------------------------
     def seconds_per_batch(self, model: str, backend: str) -> float:
@@ -205,10 +194,10 @@ class BenchContext:
             rows = frame[
                 (frame["model"] == model)
                 & (frame["backend"] == backend)
-                & (frame["device"] == self.device)
-                & (frame["batch"] == self.batch)
+                & (frame["device"] == self.settings.device)
+                & (frame["batch"] == self.settings.batch)
             ]
             if len(rows):
                 return float(rows["median_ms"].iloc[0]) / 1e3
-        guess = GUESS_SECONDS_PER_BATCH.get(model, 4.0) * self.batch / 160
-        return guess / 30 if self.device == "cuda" else guess
+        guess = GUESS_SECONDS_PER_BATCH.get(model, 4.0) * self.settings.batch / 160
+        return guess / 30 if self.settings.device == "cuda" else guess

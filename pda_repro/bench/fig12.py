@@ -144,7 +144,7 @@ def time_explanation(
         subset = None
     probs, _ = net.forward(image[None])
     explained = int(np.argmax(probs[0]))
-    warm = np.repeat(image[None], ctx.batch, axis=0)
+    warm = np.repeat(image[None], ctx.settings.batch, axis=0)
     net.forward(warm)  # warm-up batch, untimed
     s = samples if method == "pda" else 1
     start = time.perf_counter()
@@ -156,21 +156,21 @@ def time_explanation(
         outer=outer,
         samples=samples,
         stride=STRIDE,
-        batch=ctx.batch,
+        batch=ctx.settings.batch,
         sampler=sampler,
         classes=[explained],
         rng=ctx.rng("fig12", model, method),
-        progress=ctx.show_inner_progress,
+        progress=ctx.settings.show_inner_progress,
         checkpoint=checkpoint,
         window_subset=subset,
-        inference=ctx.inference,
+        inference=ctx.settings.inference,
         train_size=int(ctx.spec(model).train_size),
     )
     wall = time.perf_counter() - start
     seconds = float(getattr(result, "seconds", wall) or wall)
     evaluated = int(getattr(result, "windows_evaluated", subset or windows_total))
     row = summarise_run(
-        dict(result.timings), seconds, evaluated, windows_total, result.forward_passes, s, ctx.batch
+        dict(result.timings), seconds, evaluated, windows_total, result.forward_passes, s, ctx.settings.batch
     )
     _, weights = ctx.weights_for(model)
     return {
@@ -188,7 +188,7 @@ def time_explanation(
 
 
 def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> list[Cell]:
-    """One Fig 12 cell per (model, backend, method) on ctx.device and ctx.profile."""
+    """One Fig 12 cell per (model, backend, method) on ctx.settings.device and ctx.settings.profile."""
     out = []
     for model in models:
         for backend_name in backends:
@@ -196,10 +196,10 @@ def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> 
                 key = {
                     "model": model,
                     "backend": backend_name,
-                    "device": ctx.device,
+                    "device": ctx.settings.device,
                     "method": method,
-                    "profile": ctx.profile,
-                    "batch": ctx.batch,
+                    "profile": ctx.settings.profile,
+                    "batch": ctx.settings.batch,
                 }
                 if inference_of(ctx, backend_name) == "incremental":  # full cells keep their old keys
                     key["inference"] = "incremental"
@@ -207,17 +207,17 @@ def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> 
                 per_window = SAMPLES if method == "pda" else 1
                 spb = ctx.seconds_per_batch(model, backend_name)
                 subset = None
-                if ctx.profile == "quick" and total * per_window > FULL_IF_AT_MOST_IMAGES:
-                    subset = quick_windows(method, SAMPLES, ctx.batch)
+                if ctx.settings.profile == "quick" and total * per_window > FULL_IF_AT_MOST_IMAGES:
+                    subset = quick_windows(method, SAMPLES, ctx.settings.batch)
                 n = total if subset is None else min(subset, total)
-                batches = math.ceil(n * per_window / ctx.batch) + 1
+                batches = math.ceil(n * per_window / ctx.settings.batch) + 1
                 estimate = batches * spb + 3.0
                 checkpoint = None
-                if ctx.profile == "paper":
+                if ctx.settings.profile == "paper":
                     checkpoint = str(
                         ctx.store.dir
                         / "checkpoints"
-                        / f"fig12_{model}_{backend_name}_{method}_b{ctx.batch}.ckpt.npz"
+                        / f"fig12_{model}_{backend_name}_{method}_b{ctx.settings.batch}.ckpt.npz"
                     )
 
                 def run(
@@ -232,7 +232,7 @@ def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> 
                     )
                     return [row], {"setting": f"k={WINDOW} l={OUTER} S={SAMPLES} stride={STRIDE}"}
 
-                label = f"fig12 {model}/{backend_name}/{ctx.device} {method} {inference_of(ctx, backend_name)} ({ctx.profile}"
+                label = f"fig12 {model}/{backend_name}/{ctx.settings.device} {method} {inference_of(ctx, backend_name)} ({ctx.settings.profile}"
                 label += f", {n} of {total} windows)" if n < total else ", all windows)"
                 out.append(Cell("fig12", key, label, estimate, run, model, DESCRIPTION, COLUMNS))
     return out
@@ -240,8 +240,8 @@ def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> 
 
 def inference_of(ctx: BenchContext, backend_name: str) -> str:
     """The inference mode a Figure 12 cell runs with: pycaffe always re-runs the net in full; the
-    torch backend follows ctx.inference (auto = incremental: every zoo net has the rules)."""
-    return "full" if backend_name == "caffe" or ctx.inference == "full" else "incremental"
+    torch backend follows ctx.settings.inference (auto = incremental: every zoo net has the rules)."""
+    return "full" if backend_name == "caffe" or ctx.settings.inference == "full" else "incremental"
 
 
 def _windows_total(ctx: BenchContext, model: str) -> int:

@@ -86,12 +86,12 @@ COLUMNS = {
 def _explain(net, image, method, sampler, cls, subset, batch, inference, ctx, model, train_size):
     from pda_repro.explain import explain
 
-    with PeakMemory(ctx.device) as peak:
+    with PeakMemory(ctx.settings.device) as peak:
         start = time.perf_counter()
         result = explain(
             net, image, method=method, window=WINDOW, outer=OUTER, samples=SAMPLES, stride=STRIDE,
             batch=batch, sampler=sampler, classes=[cls], rng=ctx.rng("incremental", model, method),
-            progress=ctx.show_inner_progress, window_subset=subset, train_size=train_size,
+            progress=ctx.settings.show_inner_progress, window_subset=subset, train_size=train_size,
             inference=inference,
         )  # fmt: skip
         seconds = time.perf_counter() - start
@@ -123,8 +123,8 @@ def measure_net(
     if subset is not None:
         subset = None if subset >= grid.n_windows else runs_of_windows(grid, subset, RUN[method])
     cls = int(np.argmax(net.forward(image[None])[0][0]))
-    batch = ctx.batch if ctx.device == "cuda" else net.default_window_batch("incremental")
-    full_batch = default_batch(ctx.device)
+    batch = ctx.settings.batch if ctx.settings.device == "cuda" else net.default_window_batch("incremental")
+    full_batch = default_batch(ctx.settings.device)
     spec = getattr(net, "model_spec", None) or ctx.spec(model)  # a PyTorch model carries its own
     train_size = int(spec.train_size)
     run = {"full": [], "incremental": []}
@@ -206,17 +206,17 @@ def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> 
     out = []
     for model in models:
         for method in METHODS:
-            subset = QUICK_WINDOWS[method] if ctx.profile == "quick" else None
-            key = {"model": model, "backend": "torch", "device": ctx.device, "method": method,
-                   "profile": ctx.profile}  # fmt: skip
+            subset = QUICK_WINDOWS[method] if ctx.settings.profile == "quick" else None
+            key = {"model": model, "backend": "torch", "device": ctx.settings.device, "method": method,
+                   "profile": ctx.settings.profile}  # fmt: skip
             per_window = SAMPLES if method == "pda" else 1
             n = subset or 50_000
-            estimate = 5 * n * per_window * ctx.seconds_per_batch(model, "torch") / ctx.batch + 10.0
+            estimate = 5 * n * per_window * ctx.seconds_per_batch(model, "torch") / ctx.settings.batch + 10.0
 
             def run(model: str = model, method: str = method, subset: int | None = subset):
                 row = measure(ctx, model, method, subset)
                 return [row], {"setting": f"k={WINDOW} l={OUTER} S={SAMPLES} stride={STRIDE} torch"}
 
-            label = f"incremental {model}/torch/{ctx.device} {method} ({ctx.profile})"
+            label = f"incremental {model}/torch/{ctx.settings.device} {method} ({ctx.settings.profile})"
             out.append(Cell("incremental", key, label, estimate, run, model, DESCRIPTION, COLUMNS))
     return out

@@ -6,23 +6,22 @@ not depend on the weights), torchvision's ImageNet preprocessing, efficient PDA,
 the predicted class of the Figure 12 photo, 1 torch thread; REPEATS ABBA measurements one after the
 other, each of WINDOWS windows in runs of RUN consecutive windows spread over the image
 (extrapolated to all windows as in the Caffe rows); the row is the repetition with the median
-speed-up, with the range of all (on a shared machine a single run still sees the load change). The
+speed-up, with the range of all (a single run may see the machine's load change). The
 conditional sampler is fitted on the bundled photos (cached on disk). Rows go to
 results/<env>/incremental_module.csv/json with the machine's metadata.
 
-    python -m pda_repro.bench.incremental_module [--windows 64] [--repeats 7] [--force]
+    pda-repro benchmark module [--windows N] [--repeats N] [--force] [--readme [FILE]]
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from pda_repro.bench import incremental
 from pda_repro.bench.common import BenchContext
-from pda_repro.bench.results import RESULTS_DIR, ResultStore, env_name, replace_generated_block
+from pda_repro.bench.results import RESULTS_DIR, ResultStore, command_line, env_name, replace_generated_block
+from pda_repro.bench.settings import RunSettings
 
 EXPERIMENT = "incremental_module"
 MODELS = ("torchvision:resnet18",)
@@ -61,7 +60,7 @@ def sampler_for(ctx: BenchContext, net: Any, model: str) -> Any:
     return PatchGaussian.fit_cached(
         lambda: [x for _, x in photo_inputs(spec)], incremental.WINDOW, incremental.OUTER,
         channels=spec.input_shape[0], tag=tag, source="photos:" + ",".join(sorted(photo_paths())),
-        n_patches=SAMPLER_PATCHES, seed=ctx.seed,
+        n_patches=SAMPLER_PATCHES, seed=ctx.settings.seed,
     )  # fmt: skip
 
 
@@ -81,7 +80,7 @@ def measure(ctx: BenchContext, model: str, windows: int, repeats: int = REPEATS)
     from pda_repro.explain import load_model
     from pda_repro.preprocess import load_image
 
-    net = load_model(model, seed=ctx.seed)
+    net = load_model(model, seed=ctx.settings.seed)
     image = load_image(photo_paths()[TIMING_PHOTO], net.model_spec).x
     sampler = sampler_for(ctx, net, model)
     sampler.precompute(*image.shape[1:])
@@ -93,7 +92,7 @@ def measure(ctx: BenchContext, model: str, windows: int, repeats: int = REPEATS)
     ]
     row = median_row(rows)
     row["fraction_of_ideal_run_estimate"] = row["speedup_run_estimate"] / row["ideal_ratio"]
-    return {"model": model, "backend": net.name, "device": ctx.device, "method": METHOD, **row}
+    return {"model": model, "backend": net.name, "device": ctx.settings.device, "method": METHOD, **row}
 
 
 def run(
@@ -104,7 +103,8 @@ def run(
 
     limit_threads(1)
     store = ResultStore(Path(results_dir), env_name("cpu"))
-    ctx = BenchContext(store=store, device="cpu", force=force, threads=1, command=" ".join(sys.argv))
+    settings = RunSettings(device="cpu", force=force, threads=1, command=command_line())
+    ctx = BenchContext(store=store, settings=settings)
     for model in MODELS:
         key = {
             "model": model,
@@ -161,7 +161,7 @@ def results_section(env_dir: Path) -> list[str]:
     return [
         "### Incremental inference on PyTorch models (torch.fx)",
         "",
-        "`python -m pda_repro.bench.incremental_module` (`make bench-module`): full vs incremental inference, "
+        "`pda-repro benchmark module` (`make bench-module`): full vs incremental inference, "
         "interleaved (ABBA), the ideal multiply-add ratio from pda_repro.incremental.cost.",
         "",
         readme_table(Path(env_dir).parent),
@@ -172,23 +172,3 @@ def results_section(env_dir: Path) -> list[str]:
 def update_readme(readme: str | Path, results_dir: str | Path = RESULTS_DIR) -> bool:
     """Replace the README's block between README_BLOCK's markers (atomically); False when it has none."""
     return replace_generated_block(readme, README_BLOCK, readme_table(results_dir)) is not None
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--windows", type=int, default=WINDOWS, help="windows timed per mode")
-    parser.add_argument("--repeats", type=int, default=REPEATS, help="ABBA repetitions (the median is kept)")
-    parser.add_argument("--results", default=str(RESULTS_DIR), help="results directory")
-    parser.add_argument("--force", action="store_true", help="re-measure stored cells")
-    parser.add_argument("--readme", nargs="?", const="README.md", default=None, metavar="FILE",
-                        help="only regenerate the table in FILE (default README.md) from the results")  # fmt: skip
-    args = parser.parse_args(argv)
-    if args.readme:
-        print(f"{args.readme}: {'updated' if update_readme(args.readme, args.results) else 'no block'}")
-        return 0
-    print(run(args.results, args.windows, args.force, args.repeats))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

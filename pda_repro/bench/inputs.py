@@ -120,14 +120,14 @@ def distinct_images(ctx: BenchContext, model: str, count: int) -> tuple[list[tup
     )
 
 
-def model_sampler(ctx: BenchContext, model: str, window: int, outer: int) -> Any:
-    """The conditional patch Gaussian for ``model``'s inputs (fitted once, cached on disk by the sampler).
+def model_sampler(spec: Any, model: str, window: int, outer: int, seed: int) -> Any:
+    """The conditional patch Gaussian (paper Sec. 3.2) for the inputs of ``model`` (zoo spec ``spec``),
+    fitted once with ``seed`` and cached on disk by the sampler.
 
     ImageNet-style nets: fitted on the real photos preprocessed for the net; mnist: on the first 10,000
     MNIST training digits."""
     from pda_repro.sampling import PatchGaussian
 
-    spec = ctx.spec(model)
     channels = spec.input_shape[0]
     if is_mnist_like(spec):
 
@@ -153,5 +153,5 @@ def model_sampler(ctx: BenchContext, model: str, window: int, outer: int) -> Any
         tag=tag,
         source=source,
         n_patches=SAMPLER_PATCHES,
-        seed=ctx.seed,
+        seed=seed,
     )

@@ -31,7 +31,7 @@ def net_or_skip(ctx: BenchContext, model: str, backend: str) -> Any:
     try:
         return ctx.backend(model, backend)
     except (ImportError, BackendError, NotImplementedError) as exc:
-        raise CellSkipped(f"{backend} backend unavailable on {ctx.device}: {exc}") from exc
+        raise CellSkipped(f"{backend} backend unavailable on {ctx.settings.device}: {exc}") from exc
 
 
 @dataclass
@@ -57,7 +57,7 @@ class RunReport:
 
 
 def run_cells(ctx: BenchContext, cells: Sequence[Cell], show_progress: bool = True) -> RunReport:
-    """Measure every cell not yet in ``ctx.store`` (all of them with ``ctx.force``) and write each one."""
+    """Measure every cell not yet in ``ctx.store`` (all of them with ``ctx.settings.force``) and write each one."""
     report = RunReport()
     progress = Progress(
         total_cells=len(cells), estimates=[c.estimate_seconds for c in cells], enabled=show_progress
@@ -65,7 +65,7 @@ def run_cells(ctx: BenchContext, cells: Sequence[Cell], show_progress: bool = Tr
     ctx.progress = progress
     start = time.monotonic()
     for i, cell in enumerate(cells):
-        if not ctx.force and ctx.store.has_cell(cell.experiment, cell.key):
+        if not ctx.settings.force and ctx.store.has_cell(cell.experiment, cell.key):
             progress.skip(cell.label)
             report.skipped_existing.append(cell.label)
         else:

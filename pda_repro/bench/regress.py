@@ -274,6 +274,7 @@ def measure(
     from pda_repro.bench.inputs import timing_image
     from pda_repro.bench.results import ResultStore
     from pda_repro.bench.runner import limit_threads
+    from pda_repro.bench.settings import RunSettings
     from pda_repro.explain import explain
 
     started = time.perf_counter()
@@ -284,7 +285,10 @@ def measure(
     out.ratios["vectorised_over_reference_sampler"] = ratio
     out.details["sampler"] = details
     say(f"  sampler: vectorised/reference per window = {ratio:.4g}")
-    ctx = BenchContext(store=ResultStore(RESULTS_DIR, "regress-scratch"), batch=config["batch"], seed=seed)
+    ctx = BenchContext(
+        store=ResultStore(RESULTS_DIR, "regress-scratch"),
+        settings=RunSettings(batch=config["batch"], seed=seed),
+    )
     k, outer, s = config["window"], config["outer"], config["samples"]
     for model in config["models"]:
         image, _ = timing_image(ctx, model)

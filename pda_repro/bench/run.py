@@ -5,18 +5,19 @@ Model selections:
   * ``all``: alexnet, vgg16, googlenet, mnist (+ efficientnet_lite0 when the zoo has it);
   * ``default`` (bare ``make benchmark``): every experiment for mnist with its trained weights, plus
     Table 1, Fig 12 and Figs 9/10 for alexnet — every table and figure for at least one model on both
-    backends, in well under 10 minutes on a 2-core CPU.
+    backends.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from pda_repro.bench import approximation, faithfulness, fig12, incremental, table1
+from pda_repro.bench import approximation, fig12, incremental, table1
 from pda_repro.bench.common import BACKENDS, BenchContext, available_models
+from pda_repro.bench.faithfulness import cells as faithfulness
 from pda_repro.bench.plan import Cell, RunReport, run_cells
-from pda_repro.bench.results import RESULTS_DIR, ResultStore, env_name
+from pda_repro.bench.results import ResultStore, env_name
+from pda_repro.bench.settings import RunSettings
 
 EXPERIMENTS = ("table1", "fig12", "incremental", "approx")
 # Long experiments run only when named (not part of "all"): the faithfulness runs take CPU hours at full scale.
@@ -43,24 +44,6 @@ def _builder(experiment: str):
         return faithfulness.cells
     figures = APPROX_FIGURES if experiment == "approx" else (experiment,)
     return lambda ctx, models, backends: approximation.cells(ctx, models, backends, figures)
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    model: str = "default"
-    backend: str = "all"
-    device: str = "cpu"
-    batch: int = 160
-    profile: str = "quick"
-    weights: str | None = None
-    force: bool = False
-    experiments: str = "table1,fig12,incremental,approx"
-    results_dir: str | Path = RESULTS_DIR
-    seed: int = 0
-    progress: bool = True
-    inner_progress: bool = False
-    threads: int | None = 1
-    inference: str = "auto"
 
 
 def parse_experiments(text: str) -> list[str]:
@@ -132,38 +115,26 @@ def plan_cells(
     return cells
 
 
-def run(request: RunRequest, command: str | None = None) -> RunReport:
-    """Run a benchmark request; results go to <results_dir>/<env>/."""
-    experiments = parse_experiments(request.experiments)
-    backends = parse_backends(request.backend)
-    models = parse_models(request.model)
-    if request.weights is not None and (models is None or len(models) != 1):
+def run(settings: RunSettings) -> RunReport:
+    """Run the cells `settings` selects; results go to <settings.results_dir>/<env>/."""
+    experiments = parse_experiments(settings.experiments)
+    backends = parse_backends(settings.backend)
+    models = parse_models(settings.model)
+    if settings.weights is not None and (models is None or len(models) != 1):
         raise ValueError(
-            f"--weights {request.weights} belongs to one model: pass --model with exactly one name "
-            f"(got --model {request.model})"
+            f"--weights {settings.weights} belongs to one model: pass --model with exactly one name "
+            f"(got --model {settings.model})"
         )
     from pda_repro.bench.runner import limit_threads
 
-    limit_threads(request.threads)
-    store = ResultStore(Path(request.results_dir), env_name(request.device))
-    ctx = BenchContext(
-        store=store,
-        device=request.device,
-        batch=request.batch,
-        profile=request.profile,
-        weights=request.weights,
-        force=request.force,
-        seed=request.seed,
-        command=command,
-        show_inner_progress=request.inner_progress,
-        threads=request.threads,
-        inference=request.inference,
-    )
+    limit_threads(settings.thread_limit)
+    store = ResultStore(Path(settings.results_dir), env_name(settings.device))
+    ctx = BenchContext(store=store, settings=settings)
     cells = plan_cells(ctx, models, backends, experiments)
-    if request.progress:
+    if settings.show_progress:
         print(f"benchmark: {len(cells)} cells -> {store.dir}", flush=True)
-    report = run_cells(ctx, cells, show_progress=request.progress)
-    if request.progress:
+    report = run_cells(ctx, cells, show_progress=settings.show_progress)
+    if settings.show_progress:
         print(
             f"benchmark: {len(report.written)} written, {len(report.skipped_existing)} already there, "
             f"{len(report.not_run)} not run, in {report.seconds:.0f} s",

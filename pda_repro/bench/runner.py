@@ -126,9 +126,8 @@ def limit_threads(n: int | None) -> dict[str, Any]:
     leaves the libraries' defaults. Returns what was set, for the metadata. Call again after loading
     pycaffe (its OpenBLAS is loaded then).
 
-    Why: on a shared machine multi-threaded pools oversubscribe the cores and timings stop meaning
-    anything (a single-image forward can take a hundred times longer with 2 torch threads than with 1
-    under a load of several jobs per core)."""
+    Why: where other processes compete for the cores, multi-threaded pools oversubscribe them and
+    timings stop meaning anything."""
     import torch
     from threadpoolctl import ThreadpoolController
 

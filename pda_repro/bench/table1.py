@@ -65,19 +65,19 @@ def measure_forward(ctx: BenchContext, model: str, backend_name: str) -> dict[st
     """Time forward passes of one batch after one warm-up (repeats: ``repeats_for``); the CSV row."""
     net = net_or_skip(ctx, model, backend_name)
     spec = ctx.spec(model)
-    x = random_input((ctx.batch, *net.input_shape), spec, ctx.rng("table1", model))
+    x = random_input((ctx.settings.batch, *net.input_shape), spec, ctx.rng("table1", model))
     t0 = time.perf_counter()
     net.forward(x)  # warm-up (allocations, kernel selection), untimed
-    synchronize(ctx.device)
-    repeats = repeats_for(ctx.profile, time.perf_counter() - t0)
-    with PeakMemory(ctx.device) as memory:
-        stats = time_calls(lambda: net.forward(x), repeats=repeats, warmup=0, device=ctx.device)
+    synchronize(ctx.settings.device)
+    repeats = repeats_for(ctx.settings.profile, time.perf_counter() - t0)
+    with PeakMemory(ctx.settings.device) as memory:
+        stats = time_calls(lambda: net.forward(x), repeats=repeats, warmup=0, device=ctx.settings.device)
     _, weights = ctx.weights_for(model)
     row: dict[str, Any] = {
         "weights": weights,
         "input_shape": "x".join(str(v) for v in net.input_shape),
         **stats.as_ms(),
-        "ms_per_image": stats.median * 1e3 / ctx.batch,
+        "ms_per_image": stats.median * 1e3 / ctx.settings.batch,
         **memory.as_columns(),
         "paper_k80_ms": PAPER_TABLE1_MS.get(model),
     }
@@ -85,13 +85,18 @@ def measure_forward(ctx: BenchContext, model: str, backend_name: str) -> dict[st
 
 
 def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> list[Cell]:
-    """One Table 1 cell per (model, backend) on ctx.device."""
+    """One Table 1 cell per (model, backend) on ctx.settings.device."""
     out = []
     for model in models:
         for backend_name in backends:
-            key = {"model": model, "backend": backend_name, "device": ctx.device, "batch": ctx.batch}
+            key = {
+                "model": model,
+                "backend": backend_name,
+                "device": ctx.settings.device,
+                "batch": ctx.settings.batch,
+            }
             spb = ctx.seconds_per_batch(model, backend_name)
-            estimate = (repeats_for(ctx.profile, spb) + 1) * spb + 2.0
+            estimate = (repeats_for(ctx.settings.profile, spb) + 1) * spb + 2.0
 
             def run(model: str = model, backend_name: str = backend_name) -> tuple[list[dict], dict]:
                 row = measure_forward(ctx, model, backend_name)
@@ -101,7 +106,7 @@ def cells(ctx: BenchContext, models: Sequence[str], backends: Sequence[str]) -> 
                 Cell(
                     experiment="table1",
                     key=key,
-                    label=f"table1 {model}/{backend_name}/{ctx.device} batch {ctx.batch}",
+                    label=f"table1 {model}/{backend_name}/{ctx.settings.device} batch {ctx.settings.batch}",
                     estimate_seconds=estimate,
                     run=run,
                     model=model,

@@ -13,32 +13,33 @@ The patch Gaussian is fitted on real photos that ship with installed packages (s
 coffee, rocket and matplotlib's grace_hopper; RGB float 0..255); the image sampled is scikit-image's
 astronaut resized to 224×224.  Writes results/<env>/sampler.csv and sampler.json atomically.
 
-    .venv/bin/python benchmarks/bench_sampler.py [--reference-windows 200] [--repeats 3] [--no-single-thread]
+    pda-repro benchmark sampler [--reference-windows N] [--repeats N] [--reference-windows-default-threads N]
+
+The reference sampler lives with the tests (tests/reference/sampling_ref.py): run it from the repository root.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pda_repro.bench.results import (  # noqa: E402
+from pda_repro.bench.results import (
     RESULTS_DIR,
     atomic_write_csv,
     atomic_write_json,
     env_name,
     machine_metadata,
 )
-from pda_repro.sampling import PatchGaussian, blas_thread_counts, limit_blas_threads, window_starts  # noqa: E402
-from tests.reference.sampling_ref import ReferenceSampler  # noqa: E402
+from pda_repro.grid import window_starts
+from pda_repro.sampling import PatchGaussian, blas_thread_counts, limit_blas_threads
+
+__all__ = ["run"]
 
 SIDE, K, L, S, STRIDE, SEED = 224, 10, 18, 10, 1, 0
 FIT_PATCHES = 20_000
@@ -60,7 +61,7 @@ def fit_photos() -> list[np.ndarray]:
     return [np.ascontiguousarray(p.transpose(2, 0, 1), dtype=np.float32) for p in photos]
 
 
-def test_image() -> np.ndarray:
+def sampled_image() -> np.ndarray:
     import skimage.data
     import skimage.transform
 
@@ -85,7 +86,15 @@ def all_windows() -> tuple[np.ndarray, np.ndarray]:
     return rows.ravel(), cols.ravel()
 
 
-def timed(fn) -> tuple[float, float, float]:
+def clipping_cases() -> int:
+    """How many ways the outer patch is clipped by the image border over all windows (each factorised once)."""
+    margin = (L - K) // 2
+    starts = window_starts(SIDE, K, STRIDE)
+    per_axis = {(min(int(s), margin), min(SIDE - K - int(s), margin)) for s in starts}
+    return len(per_axis) ** 2
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float, float]:
     """(seconds, 1-min load before, after)."""
     before = load1()
     t0 = time.perf_counter()
@@ -100,7 +109,7 @@ def blas_label(blas_threads: int | None) -> str:
 
 def vectorised_rows(model: PatchGaussian, repeats: int, blas_threads: int | None) -> list[dict]:
     """Time the vectorised sampler: cold, warm, conditional means and window-loop style chunks."""
-    x = test_image()
+    x = sampled_image()
     rows, cols = all_windows()
     n_windows = rows.size
     base = {"implementation": "vectorised", "blas_threads": blas_label(blas_threads), "dtype": "float32"}
@@ -125,7 +134,14 @@ def vectorised_rows(model: PatchGaussian, repeats: int, blas_threads: int | None
     fresh = PatchGaussian(model.mean, model.cov, K, L, 3, blas_threads=blas_threads)  # no cached factors
     t_fac, b0, a0 = timed(lambda: fresh.precompute(SIDE, SIDE))
     t_smp, b1, a1 = timed(lambda: fresh.sample(x, S, np.random.default_rng(1)))
-    row("factorise_clipping_cases", t_fac, n_windows, b0, a0, note="81 clipping cases, float64 Cholesky")
+    row(
+        "factorise_clipping_cases",
+        t_fac,
+        n_windows,
+        b0,
+        a0,
+        note=f"{clipping_cases()} clipping cases, float64 Cholesky",
+    )
     row("sample_all_cold", t_fac + t_smp, n_windows, b0, a1, note="factorisation + sample(x, 10, rng)")
     warm = []
     for rep in range(repeats):
@@ -172,7 +188,11 @@ def vectorised_rows(model: PatchGaussian, repeats: int, blas_threads: int | None
 
 def reference_rows(model: PatchGaussian, n_ref: int, blas_threads: int | None) -> tuple[list[dict], float]:
     """Time the per-window reference on an evenly spread subset; also check its means against ours."""
-    x = test_image()
+    from tests.reference.sampling_ref import (
+        ReferenceSampler,  # the tests' float64 reference (repository root)
+    )
+
+    x = sampled_image()
     rows, cols = all_windows()
     pick = np.unique(np.linspace(0, rows.size - 1, n_ref).round().astype(int))
     ref = ReferenceSampler(model.mean, model.cov, K, L)
@@ -202,29 +222,24 @@ def reference_rows(model: PatchGaussian, n_ref: int, blas_threads: int | None) -
     return [row], diff
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reference-windows", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--reference-windows-default-threads",
-        type=int,
-        default=40,
-        help="windows for the reference with default BLAS threads (0: skip)",
-    )
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    args = parser.parse_args(argv)
-
+def run(
+    reference_windows: int = 200,
+    repeats: int = 3,
+    reference_windows_default_threads: int = 40,
+    results_dir: str | Path = RESULTS_DIR,
+) -> Path:
+    """Time the vectorised sampler and the reference (extrapolated); write sampler.csv/.json, return the CSV
+    path. `reference_windows_default_threads` 0 skips the reference under the libraries' BLAS threads."""
     meta = machine_metadata()
     model = load_model()
     with limit_blas_threads(1):
         t_fit0 = time.perf_counter()
         PatchGaussian.fit(fit_photos(), K, L, n_patches=FIT_PATCHES, rng=np.random.default_rng(SEED))
         t_fit = time.perf_counter() - t_fit0
-    rows = vectorised_rows(model, args.repeats, 1) + vectorised_rows(model, args.repeats, None)
-    ref_rows, mean_diff = reference_rows(model, args.reference_windows, 1)
-    if args.reference_windows_default_threads:
-        ref_rows += reference_rows(model, args.reference_windows_default_threads, None)[0]
+    rows = vectorised_rows(model, repeats, 1) + vectorised_rows(model, repeats, None)
+    ref_rows, mean_diff = reference_rows(model, reference_windows, 1)
+    if reference_windows_default_threads:
+        ref_rows += reference_rows(model, reference_windows_default_threads, None)[0]
     rows += ref_rows
     rows.append(
         {
@@ -283,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             "target_50x_met": ref_s / cold >= TARGET_SPEEDUP,
         }
     env = env_name("cpu")
-    out_dir = args.results_dir / env
+    out_dir = Path(results_dir) / env
     atomic_write_csv(out_dir / "sampler.csv", rows)
     atomic_write_json(
         out_dir / "sampler.json",
@@ -299,9 +314,10 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summary,
             "targets": {"all_samples_under_s": TARGET_SECONDS, "speedup_at_least": TARGET_SPEEDUP},
             "notes": [
-                "The machine is shared with other jobs: see load_1min_before/after per row; timings are noisy.",
+                "load_1min_before/after per row: the machine's 1-minute load average around each timing.",
                 "Reference rows are extrapolated from an evenly spread subset of windows (extrapolated=True).",
-                "sample_all_cold includes factorising all 81 clipping cases; warm reuses the cached factors.",
+                f"sample_all_cold includes factorising all {clipping_cases()} clipping cases; warm reuses the "
+                "cached factors.",
                 "blas_threads=1: numpy's and scipy's OpenBLAS limited to 1 thread (PatchGaussian's default, "
                 "pda_repro.sampling.limit_blas_threads); default: the libraries' own thread count.",
                 "Speedups compare vectorised and reference under the same BLAS thread setting.",
@@ -309,8 +325,4 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     print(json.dumps({"env": env, **summary}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return out_dir / "sampler.csv"

@@ -9,13 +9,13 @@ the same evenly spread subset of windows, split into `--chunks` work units, is e
     before           (--before-model only) full re-inference, one process with 2 threads: the default
                      `pda-repro explain photo.jpg` before incremental inference and parallel runs
 
-interleaved over `--rounds` rounds so that a change of load on this shared machine hits every
-configuration alike; seconds are the median round. Ray's start-up (embedded `ray.init`, then the
+interleaved over `--rounds` rounds so that a change of the machine's load hits every configuration
+alike; seconds are the median round. Ray's start-up (embedded `ray.init`, then the
 actors with their nets built), the workers' and Ray's own resident memory, the bytes a chunk sends
 back, and per-chunk compute time are measured in the same run. The maps of the configurations are
 compared (bitwise where the threads agree).
 
-    .venv/bin/python benchmarks/bench_parallel.py [--models efficientnet_lite0,vgg16] [--rounds 2]
+    pda-repro benchmark parallel [--models efficientnet_lite0,vgg16] [--rounds 2]
 
 Writes results/<env>/parallel.csv (one row per model and configuration) and parallel.json (settings,
 machine, start-up, memory, bytes, load) atomically.
@@ -23,31 +23,30 @@ machine, start-up, memory, bytes, load) atomically.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 import statistics
-import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pda_repro.bench.results import (  # noqa: E402
+from pda_repro.bench.results import (
     RESULTS_DIR,
     atomic_write_csv,
     atomic_write_json,
     env_name,
     machine_metadata,
 )
+from pda_repro.paths import REPO_ROOT
+
+__all__ = ["DEFAULT_MODELS", "WINDOWS", "driver_costs", "machine_scaling", "projection", "run"]
 
 DEFAULT_MODELS = ("efficientnet_lite0", "vgg16")
 # windows per model: enough that each worker's fixed cost per image (the task, the image's stored
-# activations for incremental inference) is a small part of its run, few enough that the benchmark
-# stays within ~15 min on a 2-core machine
+# activations for incremental inference) is a small part of its run, few enough to keep the run short
 WINDOWS = {"efficientnet_lite0": 1024, "vgg16": 384, "alexnet": 2048, "googlenet": 1024, "mnist": 8192}
 FULL_WINDOWS = 46_225  # a 224×224 image, window 10, stride 1 (for the extrapolated full-image times)
 
@@ -86,7 +85,7 @@ def _conv_work(iterations: int, threads: int) -> float:
     return time.perf_counter() - t0
 
 
-def machine_scaling(rounds: int, iterations: int = 40) -> dict:
+def machine_scaling(rounds: int, iterations: int = 40) -> dict[str, Any]:
     """What two cores give on this machine for CNN work, whatever runs it: the same convolutions in one
     single-threaded process, in two at once, and in one process with two threads (twice the batch),
     interleaved over `rounds`. Throughput relative to the lone single-threaded process: 2.0 would be
@@ -125,13 +124,14 @@ class _OneEvaluation:
     draws_per_window = 1
 
 
-def driver_costs(rounds: int = 200) -> dict:
+def driver_costs(rounds: int = 200) -> dict[str, Any]:
     """The driver's share of one chunk, measured here: a Ray round trip of a default-size chunk
     result (2560 windows, 1 class) and placing it + saving the checkpoint of a full image."""
     import tempfile
 
     from pda_repro import parallel
-    from pda_repro.methods import windows
+    from pda_repro.methods.checkpoint import Checkpoint, LoopRun
+    from pda_repro.methods.chunks import ChunkState, WindowTask
 
     ray = parallel.ray_session(None, 1)
 
@@ -139,23 +139,23 @@ def driver_costs(rounds: int = 200) -> dict:
     def echo(state):
         return state
 
-    chunk = windows.ChunkState(0, 2560, np.zeros((2560, 1)))
+    chunk = ChunkState(0, 2560, np.zeros((2560, 1)))
     ray.get(echo.remote(chunk))  # warm-up: the worker process
     t0 = time.perf_counter()
     for _ in range(rounds):
         ray.get(echo.remote(chunk))
     round_trip = (time.perf_counter() - t0) / rounds
-    task = windows.WindowTask(
+    task = WindowTask(
         x=np.zeros((3, 224, 224), np.float32), window=10, rows=np.zeros(FULL_WINDOWS, np.int64),
         cols=np.zeros(FULL_WINDOWS, np.int64), imputation=_OneEvaluation(), classes=np.zeros(1, np.int64),
         batch=4, root_seed=0, chunk_windows=2560,
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = windows.Checkpoint(Path(tmp) / "c.npz", {"format": 2})
-        run = windows._LoopRun(task, ckpt, progress=False, callback=None, description="")
+        ckpt = Checkpoint(Path(tmp) / "c.npz", {"format": 2})
+        run = LoopRun(task, ckpt, progress=False, callback=None, description="")
         t0 = time.perf_counter()
         for ci in range(task.n_chunks):
-            state = windows.ChunkState(ci, task.chunk_evaluations(ci), np.zeros((task.chunk_size(ci), 1)))
+            state = ChunkState(ci, task.chunk_evaluations(ci), np.zeros((task.chunk_size(ci), 1)))
             run.advance(state.done)
             run.finished(state)
         place_and_save = (time.perf_counter() - t0) / task.n_chunks
@@ -169,7 +169,7 @@ def driver_costs(rounds: int = 200) -> dict:
     }
 
 
-def projection(meta: dict) -> dict:
+def projection(meta: dict[str, Any]) -> dict[str, Any]:
     """Expected speed-up on 8, 64, 512 workers from the measured per-chunk compute and driver costs
     (a model, not a measurement): each worker finishes a chunk in t_c; the driver spends d per chunk
     (round trip + place + checkpoint) and asks up to POLL_ACTORS workers for their progress twice
@@ -201,7 +201,9 @@ def projection(meta: dict) -> dict:
     return out
 
 
-def full_image_rows(net, x, gauss, top: int, stride: int, executor, startup: dict) -> tuple[list[dict], dict]:
+def full_image_rows(
+    net: Any, x: np.ndarray, gauss: Any, top: int, stride: int, executor: Any, startup: dict[str, Any]
+) -> tuple[list[dict], dict]:
     """Every window of the image at `stride` (default chunks), once in one process with 2 threads and
     once on the Ray workers: the per-image costs spread as in a real run. Start-up is excluded (the
     actors are ready) and stated in the JSON."""
@@ -237,7 +239,7 @@ def full_image_rows(net, x, gauss, top: int, stride: int, executor, startup: dic
                 "full_image_s_extrapolated": seconds[name] / n * FULL_WINDOWS,
                 "maps_equal_1proc_1thread": None, "max_abs_map_diff_1proc_1thread": None,
                 "load_1min_at_rounds": f"{load:.2f}",
-                "weights": str(net.weights_source).replace(f"{REPO}/", ""),
+                "weights": str(net.weights_source).replace(f"{REPO_ROOT}/", ""),
             }
         )  # fmt: skip
         print(
@@ -250,40 +252,25 @@ def full_image_rows(net, x, gauss, top: int, stride: int, executor, startup: dic
     return out, info
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--chunks", type=int, default=8, help="work units per run (windows split evenly)")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--before-model", default="efficientnet_lite0", help="model of the 'before' timing")
-    parser.add_argument("--windows", type=int, default=None, help="windows per model (default: WINDOWS)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--full-image",
-        default="efficientnet_lite0,vgg16",
-        help="models (comma-separated) whose whole image (every window at --full-image-stride) is also run, "
-        "once per config ('' to skip)",
-    )
-    parser.add_argument("--full-image-stride", type=int, default=2)
-    parser.add_argument("--scaling-rounds", type=int, default=3, help="rounds of the machine-scaling test")
-    parser.add_argument(
-        "--merge",
-        action="store_true",
-        help="keep the rows and per-model settings of models not run now from the existing parallel.csv/.json",
-    )
-    parser.add_argument(
-        "--projection-only",
-        action="store_true",
-        help="measure the driver's per-chunk costs and add the projection to an existing parallel.json",
-    )
-    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
-    args = parser.parse_args(argv)
-    models = [m for m in args.models.split(",") if m]
-    for name, value in (("--rounds", args.rounds), ("--chunks", args.chunks), ("--workers", args.workers)):
-        if value < 1:
-            parser.error(f"{name} must be >= 1, got {value}")
-
+def run(
+    models: Sequence[str] = DEFAULT_MODELS,
+    rounds: int = 2,
+    chunks: int = 8,
+    workers: int = 2,
+    before_model: str = "efficientnet_lite0",
+    windows_per_model: int | None = None,
+    seed: int = 0,
+    full_image: Sequence[str] = ("efficientnet_lite0", "vgg16"),
+    full_image_stride: int = 2,
+    scaling_rounds: int = 3,
+    merge: bool = False,
+    projection_only: bool = False,
+    results_dir: str | Path = RESULTS_DIR,
+) -> Path:
+    """Measure the configurations of every model and write parallel.csv/.json (returns the JSON path).
+    `merge` keeps the rows of models not run now; `projection_only` only re-measures the driver's costs and
+    the projection of an existing parallel.json."""
+    models = list(models)
     import torch
 
     from pda_repro import parallel, zoo
@@ -291,14 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     from pda_repro.bench.common import random_input
     from pda_repro.explain import explain
     from pda_repro.methods import windows
+    from pda_repro.methods.chunks import ChunkState
     from pda_repro.sampling import PatchGaussian
 
     unknown = [m for m in models if m not in zoo.names()]
     if unknown:
-        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(zoo.names())}")
+        raise ValueError(f"unknown model(s) {unknown}; choose from {', '.join(zoo.names())}")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    out_dir = Path(args.results_dir) / env_name("cpu")
-    if args.projection_only:
+    out_dir = Path(results_dir) / env_name("cpu")
+    if projection_only:
         import json
 
         meta = json.loads((out_dir / "parallel.json").read_text())
@@ -306,26 +294,26 @@ def main(argv: list[str] | None = None) -> int:
         meta["projection"] = projection(meta)
         atomic_write_json(out_dir / "parallel.json", meta)
         print(json.dumps(meta["projection"], indent=1))
-        return 0
-    rng = np.random.default_rng(args.seed)
+        return out_dir / "parallel.json"
+    rng = np.random.default_rng(seed)
     rows, startup, memory, chunk_info = [], {}, {}, {}
     load_start = _load()
-    scaling = machine_scaling(args.scaling_rounds)
+    scaling = machine_scaling(scaling_rounds)
     print(
         f"machine scaling (conv, vs 1 process 1 thread): {scaling['throughput_vs_1proc_1thread']}", flush=True
     )
     default_chunk_draws = windows.CHUNK_DRAWS
-    full_image: dict = {}
+    full_image_info: dict = {}
     for model in models:
-        net = load_backend(model, device="cpu", seed=args.seed)
+        net = load_backend(model, device="cpu", seed=seed)
         spec = net.model_spec
         x = random_input(net.input_shape, spec, rng)
         fit = random_input((3, *net.input_shape), spec, rng)
-        gauss = PatchGaussian.fit(fit, 10, 18, n_patches=2000, rng=np.random.default_rng(args.seed))
+        gauss = PatchGaussian.fit(fit, 10, 18, n_patches=2000, rng=np.random.default_rng(seed))
         probs, _ = net.forward(x[None])
         top = int(np.argmax(probs[0]))
-        n_windows = args.windows or WINDOWS.get(model, 128)
-        chunk_windows = max(1, n_windows // args.chunks)
+        n_windows = windows_per_model or WINDOWS.get(model, 128)
+        chunk_windows = max(1, n_windows // chunks)
         windows.CHUNK_DRAWS = chunk_windows  # efficient PDA draws 1 patch per window
         base = dict(method="epda", window=10, outer=18, stride=1, sampler=gauss, classes=[top],
                     window_subset=n_windows, progress=False)  # fmt: skip
@@ -334,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         parallel.shutdown()
         torch.set_num_threads(1)
         t0 = time.perf_counter()
-        parallel.ray_session(None, args.workers)
+        parallel.ray_session(None, workers)
         t_init = time.perf_counter() - t0
-        executor = parallel.RayExecutor(workers=args.workers)
+        executor = parallel.RayExecutor(workers=workers)
         t1 = time.perf_counter()
         executor._pool(net)
         t_actors = time.perf_counter() - t1
@@ -352,14 +340,14 @@ def main(argv: list[str] | None = None) -> int:
             "1proc_1thread": dict(threads=1, workers=1, inference="incremental"),
             "ray_2workers": dict(threads=1, workers=executor, inference="incremental"),
         }
-        if model == args.before_model:
+        if model == before_model:
             configs["before"] = dict(threads=2, workers=1, inference="full")
         # warm-up of the in-process path (first-call dispatch, allocations)
         explain(net, x, **{**base, "window_subset": 4})
         seconds: dict[str, list[float]] = {c: [] for c in configs}
         loads: dict[str, list[float]] = {c: [] for c in configs}
         results: dict[str, object] = {}
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for name, cfg in configs.items():
                 torch.set_num_threads(cfg["threads"])
                 loads[name].append(_load())
@@ -370,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         ray_res = results["ray_2workers"]
         worker_seconds = ray_res.timings["forward"] + ray_res.timings["sampling"]
         n_chunks = -(-n_windows // chunk_windows)
-        state = windows.ChunkState(0, chunk_windows, np.zeros((chunk_windows, 1)))
+        state = ChunkState(0, chunk_windows, np.zeros((chunk_windows, 1)))
         chunk_info[model] = {
             "chunks": n_chunks,
             "chunk_windows": chunk_windows,
@@ -406,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                     "device": "cpu",
                     "windows": n_windows,
                     "chunk_windows": chunk_windows,
-                    "rounds": args.rounds,
+                    "rounds": rounds,
                     "seconds_median": med,
                     "seconds_rounds": " ".join(f"{s:.2f}" for s in seconds[name]),
                     "windows_per_s": n_windows / med,
@@ -416,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                     "maps_equal_1proc_1thread": bool(np.array_equal(res.maps, one.maps)),
                     "max_abs_map_diff_1proc_1thread": float(np.abs(res.maps - one.maps).max()),
                     "load_1min_at_rounds": " ".join(f"{v:.2f}" for v in loads[name]),
-                    "weights": str(net.weights_source).replace(f"{REPO}/", ""),
+                    "weights": str(net.weights_source).replace(f"{REPO_ROOT}/", ""),
                 }
             )
             print(
@@ -424,10 +412,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{ref / med:.2f}× 1 process/2 threads; load {loads[name]})",
                 flush=True,
             )
-        if model in args.full_image.split(","):
+        if model in full_image:
             windows.CHUNK_DRAWS = default_chunk_draws
-            full_rows, full_image[model] = full_image_rows(
-                net, x, gauss, top, args.full_image_stride, executor, startup[model]
+            full_rows, full_image_info[model] = full_image_rows(
+                net, x, gauss, top, full_image_stride, executor, startup[model]
             )
             rows += full_rows
         parallel.shutdown()
@@ -438,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     speedup_1 = statistics.median(ratios_1) if ratios_1 else 1.0
     first = startup[models[0]]["total_s"] if models else 0.0
     previous: dict = {}
-    if args.merge and (out_dir / "parallel.csv").is_file():
+    if merge and (out_dir / "parallel.csv").is_file():
         import json
 
         import pandas as pd
@@ -447,22 +435,22 @@ def main(argv: list[str] | None = None) -> int:
         rows = kept[~kept["model"].isin(models)].to_dict("records") + rows
         previous = json.loads((out_dir / "parallel.json").read_text())
         for name, table in (("startup", startup), ("memory", memory), ("chunks", chunk_info),
-                            ("full_image", full_image)):  # fmt: skip
+                            ("full_image", full_image_info)):  # fmt: skip
             table.update(
                 {m: v for m, v in previous.get(name, {}).items() if m not in models and m not in table}
             )
     atomic_write_csv(out_dir / "parallel.csv", rows)
     meta = {
         "what": "window-loop throughput: Ray workers vs one process; Ray start-up and memory "
-        "(benchmarks/bench_parallel.py)",
+        "(pda-repro benchmark parallel)",
         "settings": {
             "models": models,
-            "rounds": args.rounds,
-            "chunks": args.chunks,
-            "workers": args.workers,
-            "windows": {m: args.windows or WINDOWS.get(m, 128) for m in models},
+            "rounds": rounds,
+            "chunks": chunks,
+            "workers": workers,
+            "windows": {m: windows_per_model or WINDOWS.get(m, 128) for m in models},
             "method": "epda k=10 l=18 stride 1, top class, CPU default batch",
-            "seed": args.seed,
+            "seed": seed,
         },
         "startup": startup,
         "memory": memory,
@@ -488,13 +476,9 @@ def main(argv: list[str] | None = None) -> int:
             "machine_scaling": previous.get("machine_scaling"),
         }
     meta["machine_scaling"] = scaling
-    meta["full_image"] = full_image
+    meta["full_image"] = full_image_info
     meta["driver"] = driver_costs()
     meta["projection"] = projection(meta)
     atomic_write_json(out_dir / "parallel.json", meta)
     print(f"wrote {out_dir / 'parallel.csv'}", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return out_dir / "parallel.json"
