@@ -113,7 +113,7 @@ def _gaussian(rng, k, outer, channels):
 def test_time_explanation_subset_row(tmp_path, rng, linear_net, monkeypatch, method):
     image = rng.normal(size=(2, 9, 9)).astype(np.float32)
     monkeypatch.setattr(F, "timing_image", lambda ctx, model: (image, "noise"))
-    monkeypatch.setattr(inputs, "model_sampler", lambda ctx, model, k, outer: _gaussian(rng, k, outer, 2))
+    monkeypatch.setattr(inputs, "model_sampler", lambda spec, model, k, outer, seed: _gaussian(rng, k, outer, 2))
     ctx = TinyContext(tmp_path, linear_net, batch=8)
     row = F.time_explanation(ctx, "tiny", "numpy", method, window=3, outer=5, samples=4, subset=10)
     assert row["windows_total"] == 49 and row["windows_evaluated"] == 10  # (9-3+1)^2 windows
@@ -151,7 +151,7 @@ def test_fig9_10_uses_pre_relu_outputs(tmp_path, rng, monkeypatch):
     image = rng.normal(size=(1, 3, 3)).astype(np.float32)
     patches = rng.normal(size=(6, 1, 2, 2)).astype(np.float32)
     monkeypatch.setattr(A, "timing_image", lambda ctx, model: (image, "noise"))
-    monkeypatch.setattr(inputs, "model_sampler", lambda ctx, model, k, outer: FixedPatches(patches))
+    monkeypatch.setattr(inputs, "model_sampler", lambda spec, model, k, outer, seed: FixedPatches(patches))
     monkeypatch.setattr(
         A, "setting_for", lambda spec, profile: A.ApproxSetting(window=2, outer=4, fig9_samples=6)
     )
