@@ -27,7 +27,7 @@ from pda_repro.methods import (
 )
 from pda_repro.methods.deep_taylor import deep_taylor_relevance
 from pda_repro.paths import REPO_ROOT
-from pda_repro.sampling import PatchGaussian
+from pda_repro.sampling import MarginalSampler, PatchGaussian
 from tests.reference.methods_ref import (
     ALL_METHODS,
     TINY,
@@ -387,7 +387,7 @@ import numpy as np
 sys.path.insert(0, {repo!r})
 from tests.reference.methods_ref import TINY, NumpyChainBackend, parse_prototxt, random_weights, random_spd
 from pda_repro.explain import explain
-from pda_repro.sampling import PatchGaussian
+from pda_repro.sampling import MarginalSampler, PatchGaussian
 
 def setup():
     rng = np.random.default_rng(11)
@@ -508,3 +508,42 @@ def test_methods_run_without_touching_the_global_rng(rng, linear_net, image):
     explain(linear_net, image, method="pda", window=3, outer=5, samples=2, sampler=make_gaussian(rng),
             train_size=N_TRAIN, progress=False)  # fmt: skip
     np.testing.assert_array_equal(np.random.get_state()[1], state)
+
+
+def test_marginal_sampler_run_resumes_with_a_new_sampler_on_the_same_data(tmp_path, rng, linear_net, image):
+    """The checkpoint identity records the sampler by what it is, not where it lives in memory: a rerun
+    in a new process (here: a new MarginalSampler on the same images) resumes the interrupted run."""
+    images = rng.standard_normal((5, *image.shape)).astype(np.float32)
+    args = dict(method="pda", window=3, outer=5, samples=4, batch=8, train_size=1000, progress=False)
+    ckpt = tmp_path / "marginal.ckpt.npz"
+
+    def stop(done: int, total: int) -> None:
+        if done >= 24:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        explain(
+            linear_net,
+            image,
+            sampler=MarginalSampler(images, 3),
+            rng=np.random.default_rng(3),
+            checkpoint=ckpt,
+            checkpoint_batches=1,
+            callback=stop,
+            **args,
+        )
+    assert ckpt.exists()
+    assert repr(MarginalSampler(images, 3)) == repr(MarginalSampler(images.copy(), 3))
+    resumed = explain(
+        linear_net,
+        image,
+        sampler=MarginalSampler(images.copy(), 3),
+        rng=np.random.default_rng(3),
+        checkpoint=ckpt,
+        **args,
+    )
+    assert resumed.params["resumed_evaluations"] >= 24
+    fresh = explain(
+        linear_net, image, sampler=MarginalSampler(images, 3), rng=np.random.default_rng(3), **args
+    )
+    np.testing.assert_array_equal(resumed.maps, fresh.maps)

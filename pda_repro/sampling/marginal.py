@@ -45,6 +45,12 @@ class MarginalSampler(WindowImputer):
         self.mode = mode
         self._mean_image = data.mean(axis=0, dtype=np.float64)
 
+    def __repr__(self) -> str:
+        # What a run records (checkpoint identity, result params): the same for the same data in any
+        # process; the data themselves are hashed by fingerprint().
+        n, c, h, w = self.images.shape
+        return f"MarginalSampler(k={self.k}, images={n}x{c}x{h}x{w}, mode={self.mode!r})"
+
     def check(self, x: ArrayLike) -> None:
         _check_image(x, self.channels, self.k, "window k", np.dtype(np.float32))
         shape = np.shape(x)
@@ -107,6 +113,9 @@ class ConstantFill(WindowImputer):
         self.value = v
         self.k = int(k)
         self.channels = int(channels)
+
+    def __repr__(self) -> str:
+        return f"ConstantFill(value={np.asarray(self.value).tolist()}, k={self.k}, channels={self.channels})"
 
     def fingerprint(self) -> dict:
         """The fill value is all that changes the imputed windows."""
