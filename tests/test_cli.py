@@ -311,6 +311,18 @@ def test_help_models_version():
     assert proc.returncode == 0 and proc.stdout.strip() == f"pda-repro {__version__}"
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["explain"], ["models"], ["benchmark"], ["benchmark", "run"], ["benchmark", "regress"], ["figures"],
+     ["evaluate"], ["train"], ["train", "mnist"], ["convert"], ["convert", "efficientnet"], ["prototxts"]],
+)  # fmt: skip
+def test_every_command_has_help(argv, capsys):
+    from pda_repro import cli
+
+    assert cli.main([*argv, "--help"]) == 0
+    assert capsys.readouterr().out.startswith(f"usage: pda-repro {' '.join(argv)}".rstrip())
+
+
 def test_registered_subcommands_and_errors(capsys):
     """A command is a row of the command table; CLIError -> one line and exit 2."""
     from pda_repro import cli
