@@ -1,6 +1,6 @@
 """The conditional sampler in PDA's setting (3×224×224, k=10, l=18, S=10) as pytest-benchmark
 micro-benchmarks: one window-loop chunk of samples (256 windows × 10) and all conditional means of an image.
-The full vectorised-vs-reference comparison is benchmarks/bench_sampler.py."""
+The full vectorised-vs-reference comparison is `pda-repro benchmark sampler` (pda_repro.bench.sampler_speed)."""
 
 from __future__ import annotations
 

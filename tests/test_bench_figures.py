@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pda_repro.bench import approximation_figures, figure_data, results_readme
 from pda_repro.bench import figures as FG
 from pda_repro.bench.results import ResultStore, atomic_save_npz
 
@@ -228,9 +229,9 @@ def test_random_weights_are_flagged_on_the_figure(results, monkeypatch):
         return original(self, t, *a, **k)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "suptitle", spy)
-    frame = FG._read(results / ENV, "fig9_10")
+    frame = figure_data.read_frame(results / ENV, "fig9_10")
     frame.loc[:, "weights"] = "random (seeded fillers, seed 0)"
-    FG.plot_fig9_10(frame, results / ENV, "mnist", results / "figures")
+    approximation_figures.plot_fig9_10(frame, results / ENV, "mnist", results / "figures")
     assert any("RANDOM WEIGHTS" in t for t in titles)
 
 
@@ -298,9 +299,9 @@ def test_paper_profile_rows_are_preferred_over_quick():
             },
         ]
     )
-    one = FG.one_per_cell(frame, ["model", "backend", "device", "method"])
+    one = figure_data.one_per_cell(frame, ["model", "backend", "device", "method"])
     assert sorted(one["t"]) == [2, 4]
-    many = FG.best_profile_rows(frame, ["model", "backend", "device"])
+    many = figure_data.best_profile_rows(frame, ["model", "backend", "device"])
     assert sorted(many["t"]) == [2, 3, 4]
 
 
@@ -330,14 +331,14 @@ def test_one_figure_per_set_of_weights(results):
 
 
 def test_batch_size_section_reads_the_benchmark_csv(tmp_path, rng):
-    """benchmarks/bench_batch.py's CSV becomes one README row per model/backend, fastest batch named."""
+    """`pda-repro benchmark batch`'s CSV becomes one README row per model/backend, fastest batch named."""
     import json
 
     import pandas as pd
 
     env_dir = tmp_path / ENV
     env_dir.mkdir()
-    assert FG._batch_section(env_dir) == []  # nothing measured: no section
+    assert results_readme._batch_section(env_dir) == []  # nothing measured: no section
     ms = {1: 30.0 + rng.uniform(0.0, 0.5), 4: 20.0, 16: 21.0, 160: 45.0}
     rows = [
         {"model": "alexnet", "backend": "torch", "batch": b, "ms_per_image_best": v} for b, v in ms.items()
@@ -345,7 +346,7 @@ def test_batch_size_section_reads_the_benchmark_csv(tmp_path, rng):
     rows += [{"model": "mnist", "backend": "torch", "batch": 16, "ms_per_image_best": 0.17}]
     pd.DataFrame(rows).to_csv(env_dir / "batch_size.csv", index=False)
     (env_dir / "batch_size.json").write_text(json.dumps({"settings": {"rounds": 3, "threads": 1}}))
-    text = "\n".join(FG._batch_section(env_dir))
+    text = "\n".join(results_readme._batch_section(env_dir))
     assert "| model | backend | batch 1 | batch 4 | batch 16 | batch 160 | fastest |" in text
     assert f"| alexnet | torch | {ms[1]:.3g} | 20 | 21 | 45 | 4 |" in text
     assert "| mnist | torch | — | — | 0.17 | — | 16 |" in text and "best of 3 rounds, 1 thread(s)" in text

@@ -462,10 +462,11 @@ def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatc
     from pda_repro.bench.faithfulness import maps as fx_maps
     from pda_repro.bench.faithfulness import plans as fx_plans
     from pda_repro.bench.faithfulness import warm as fx_warm
-    from pda_repro.bench.figures import render_faithfulness, write_readme
+    from pda_repro.bench.faithfulness_figures import render_faithfulness
     from pda_repro.bench.inputs import mnist_inputs
     from pda_repro.bench.plan import run_cells
     from pda_repro.bench.results import ResultStore
+    from pda_repro.bench.results_readme import write_readme
 
     full = fx_plans.plan_for("mnist", "quick")
     keep = ("pda", "pda_seed1", "epda", "saliency", "random", "constant")
@@ -577,7 +578,7 @@ def test_stride_choice_takes_the_largest_stride_every_model_keeps():
 
 
 def test_ranking_groups_rank_maps_on_the_images_they_share():
-    from pda_repro.bench.figures import ranking_groups
+    from pda_repro.bench.faithfulness_figures import ranking_groups
 
     frame = pd.DataFrame(
         [{"map": "all", "image": i} for i in range(6)] + [{"map": "few", "image": i} for i in (0, 1)]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from pda_repro.bench.figure_data import fmt_cell, md_table, read_frame, read_meta
 from pda_repro.bench.results import RESULTS_DIR, envs, replace_generated_block
 
 PARALLEL_BLOCK = (
@@ -16,12 +17,6 @@ PARALLEL_BLOCK = (
 )
 TARGET_WORKERS_VS_THREADS = 1.6  # the parallel issue's target: 2 workers vs 1 process with 2 threads
 TARGET_DEFAULT_EXPLAIN = 3.0  # ... and the default explain against before incremental + parallel runs
-
-
-def _helpers() -> Any:
-    from pda_repro.bench import figures  # noqa: PLC0415 - figures imports this module
-
-    return figures
 
 
 def _by_config(data: pd.DataFrame) -> dict[tuple[str, str], Any]:
@@ -34,8 +29,7 @@ def _x(value: float) -> str:
 
 def summary_lines(env_dir: Path) -> list[str]:
     """The comparison table, the machine's two-core scaling, the targets and the costs."""
-    f = _helpers()
-    data, meta = f._read(env_dir, "parallel"), f._meta(env_dir, "parallel")
+    data, meta = read_frame(env_dir, "parallel"), read_meta(env_dir, "parallel")
     if data.empty:
         return []
     by = _by_config(data)
@@ -62,7 +56,7 @@ def summary_lines(env_dir: Path) -> list[str]:
         f"Efficient PDA, k={first['k']}, l={first['l']}, incremental inference at the CPU's window batch, "
         "the top class, torch on the CPU; seconds are medians of interleaved rounds; 1-minute load at each run.",
         "",
-        f._md_table(
+        md_table(
             [
                 "model",
                 "windows",
@@ -140,15 +134,14 @@ def summary_lines(env_dir: Path) -> list[str]:
 
 def parallel_section(env_dir: Path) -> list[str]:
     """results/README.md: the summary, the driver's costs and the projection to many workers."""
-    f = _helpers()
     lines = summary_lines(env_dir)
     if not lines:
         return []
-    meta = f._meta(env_dir, "parallel")
+    meta = read_meta(env_dir, "parallel")
     lines = [
         "### Parallel runs (Ray) on this CPU",
         "",
-        "`make bench-parallel` (benchmarks/bench_parallel.py).",
+        "`make bench-parallel` (`pda-repro benchmark parallel`).",
         "",
         *lines,
     ]
@@ -156,9 +149,9 @@ def parallel_section(env_dir: Path) -> list[str]:
     if be:
         lines.append(
             f"- break-even of `--workers auto`: Ray pays for serial runs over "
-            f"{f._fmt_cell(be.get('serial_seconds_where_ray_pays'))} s (vs 2 threads) / "
-            f"{f._fmt_cell(be.get('serial_seconds_where_ray_pays_vs_1thread'))} s (vs 1 thread); the threshold used is "
-            f"{f._fmt_cell(be.get('auto_threshold_s'))} s"
+            f"{fmt_cell(be.get('serial_seconds_where_ray_pays'))} s (vs 2 threads) / "
+            f"{fmt_cell(be.get('serial_seconds_where_ray_pays_vs_1thread'))} s (vs 1 thread); the threshold used is "
+            f"{fmt_cell(be.get('auto_threshold_s'))} s"
         )
     proj, drv = meta.get("projection", {}), meta.get("driver", {})
     if proj:
@@ -179,7 +172,7 @@ def parallel_section(env_dir: Path) -> list[str]:
                 prow.append([model, r["workers"], f"{r['expected_speedup']:.0f}×", r["limited_by"],
                              f"{r['one_image_speedup']:.0f}×", f"{r['result_traffic_bytes_per_s'] / 1e6:.2f} MB/s"])  # fmt: skip
         lines.append(
-            f._md_table(
+            md_table(
                 ["model", "workers", "many images", "limited by", "one image", "results to the driver"], prow
             )
         )
