@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# Paper-profile benchmarks of AlexNet, VGG-16 and GoogLeNet on torch/CUDA, for a session that is lent a GPU
-# machine (the `device` tool: python3 there has CUDA torch, numpy, scipy, pandas, matplotlib, scikit-image,
-# protobuf, psutil, tqdm; no pycaffe, no internet). Prepared here, never run on the CPU machine.
+# Paper-profile benchmarks of AlexNet, VGG-16 and GoogLeNet on torch/CUDA, on a machine with a CUDA GPU
+# (python3 with CUDA torch, numpy, scipy, pandas, matplotlib, scikit-image, protobuf, psutil, tqdm; pycaffe
+# is not needed; pda_repro/_generated must be present).
 #
-# From this repo's root, one call of the device tool (its per-command limit is 600 s):
-#     run(command="bash benchmarks/gpu_paper_profile.sh", carry=["pda_repro/_generated"], timeout_s=600)
-# then copy what comes back ($OUT/<env>/*.csv, *.json, gpu_paper_profile.log) into results/<env>/ here
+#     OUT=<dir> BUDGET_S=<seconds> bash benchmarks/gpu_paper_profile.sh
+# then copy $OUT/<env>/*.csv, *.json (and gpu_paper_profile.log) into results/<env>/ of the repository
 # (env = cuda-<gpu slug>, e.g. cuda-nvidia-h100-80gb-hbm3), run `make figures` and commit.
 #
 # Order (each step writes its cells as they complete; BUDGET_S bounds the whole script):
@@ -26,7 +25,7 @@ START=$(date +%s)
 mkdir -p "$OUT_DIR" "$RES"
 LOG="$OUT_DIR/gpu_paper_profile.log"
 left() { echo $((BUDGET_S - ($(date +%s) - START))); }
-bring_back() {  # at most 8 files come back, no deeper than $OUT/a/b/file: copy only the CSV/JSON
+bring_back() {  # copy only the CSV/JSON into $OUT/<env>/
   for d in "$RES"/cuda-*; do
     [ -d "$d" ] || continue
     mkdir -p "$OUT_DIR/$(basename "$d")"
@@ -39,7 +38,7 @@ trap bring_back EXIT
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   $PY -c 'import torch, numpy, google.protobuf as pb; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0), "numpy", numpy.__version__, "protobuf", pb.__version__)' || exit 3
   $PY -c 'import pda_repro._generated.caffe_pb2' || { echo "pda_repro/_generated is missing: carry it"; exit 3; }
-  common=(benchmark run --backend torch --device cuda --batch 160 --threads 0 --results "$RES")  # 0: all 16 cores
+  common=(benchmark run --backend torch --device cuda --batch 160 --threads 0 --results "$RES")  # 0: the libraries' defaults
   timeout "$(left)" $PY -m pda_repro.cli "${common[@]}" --model alexnet,googlenet,vgg16 --profile paper --experiments table1
   timeout "$(left)" $PY -m pda_repro.cli "${common[@]}" --model alexnet,googlenet,vgg16 --profile quick --experiments fig12
   for m in alexnet googlenet vgg16; do

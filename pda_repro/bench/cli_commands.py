@@ -82,7 +82,7 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
         "--model",
         default="default",
         help="alexnet, vgg16, googlenet, mnist, efficientnet_lite0, a comma list, 'all' (the zoo), or "
-        "'default' (mnist: everything; alexnet: Table 1, Fig 12, Figs 9/10 — a few minutes on 2 cores)",
+        "'default' (mnist: everything; alexnet: Table 1, Fig 12, Figs 9/10)",
     )
     run.add_argument("--backend", default="all", help="caffe, torch or all")
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (cuda: torch backend)")
@@ -114,7 +114,8 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
         type=_threads,
         default=1,
         help="threads per library (torch, numpy's and pycaffe's OpenBLAS); 0 = the libraries' defaults. One by "
-        "default: on a shared machine multi-threaded pools oversubscribe the cores and timings stop meaning anything",
+        "default: where other processes share the cores, multi-threaded pools oversubscribe them and timings stop "
+        "meaning anything",
     )
     run.add_argument(
         "--workers",

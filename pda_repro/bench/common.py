@@ -22,8 +22,8 @@ ZOO_MODELS = ("alexnet", "vgg16", "googlenet", "mnist")
 OPTIONAL_MODELS = ("efficientnet_lite0",)
 BACKENDS = ("caffe", "torch")
 
-# Rough seconds per forward batch of 160 on a 2-core CPU (torch), used only for the ETA before the
-# run has measured its own (Table 1 rows of this env replace them).
+# Rough seconds per forward batch of 160 (torch, CPU), used only for the ETA before the run has measured
+# its own (Table 1 rows of this env replace them).
 GUESS_SECONDS_PER_BATCH = {
     "mnist": 0.03,
     "alexnet": 1.5,
@@ -166,7 +166,7 @@ class BenchContext:
 
     def release(self, model: str | None = None, backend: str | None = None) -> None:
         """Drop loaded backends (all, one model's, or one (model, backend)) and, with a whole model, its
-        samplers; then collect their memory (VGG-16 holds ~7-11 GB at batch 160 per backend)."""
+        samplers; then collect their memory (a large net at batch 160 holds gigabytes per backend)."""
         for key in [
             k for k in self._backends if model is None or (k[0] == model and backend in (None, k[1]))
         ]:

@@ -2,7 +2,7 @@
 
 Setting: torch backend, k=10, l=18, S=10 (PDA), stride 1, the predicted class of the Figure 12
 image. Per (model, method) cell the same windows are explained four times in the order full,
-incremental, incremental, full (so a load drift on a shared machine hits both modes alike), at the
+incremental, incremental, full (so a drift of the machine's load hits both modes alike), at the
 same batch -- `batch` windows per forward_windows call: on a CPU the window batch the tool uses for
 incremental runs of that net (`default_window_batch("incremental")`: 16, or 64 where the dense tail's
 weights are large), the harness batch on a GPU -- and once more in

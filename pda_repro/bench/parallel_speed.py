@@ -86,7 +86,7 @@ def _conv_work(iterations: int, threads: int) -> float:
 
 
 def machine_scaling(rounds: int, iterations: int = 40) -> dict[str, Any]:
-    """What two cores give on this machine for CNN work, whatever runs it: the same convolutions in one
+    """What two cores give for CNN work, whatever runs it: the same convolutions in one
     single-threaded process, in two at once, and in one process with two threads (twice the batch),
     interleaved over `rounds`. Throughput relative to the lone single-threaded process: 2.0 would be
     two full cores; the ratio of the two-process and two-thread figures bounds what workers can gain

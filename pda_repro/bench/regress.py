@@ -20,10 +20,10 @@ and compares each with the ratio stored for the same configuration in results/<e
 than the stored one by more than its tolerance factor: larger for the first two ("lower is better"); for
 torch/caffe either way, since a slowdown of either backend is a regression of our code.
 
-Tolerances (``TOLERANCES``): 1.5× for efficient/PDA — structural (≈ 1/S, the same backend on both sides)
-and within ±5 % over five runs here; 2× for the sampler and torch/caffe ratios, which depend on the BLAS and
+Tolerances (``TOLERANCES``): 1.5× for efficient/PDA — structural (≈ 1/S, the same backend on both sides);
+2× for the sampler and torch/caffe ratios, which depend on the BLAS and
 CPU of the machine that runs CI (the baseline may come from another env). All measurements run with one
-thread per library: on a shared 2-core machine multi-threaded pools make timings meaningless. A real
+thread per library: where other processes share the cores, multi-threaded pools make timings meaningless. A real
 regression worth catching (efficient PDA losing its S-fold advantage, the sampler falling back to
 per-window factorisation, a backend copying every batch twice) moves a ratio by more than that.
 """
@@ -88,7 +88,7 @@ CONFIG: dict[str, Any] = {
     },
     "incremental": {"model": "alexnet", "windows": 64, "batch": 16},  # efficient PDA, torch
     "repeats": 3,
-    "threads": 1,  # per library: ratios on a shared 2-core machine are only stable single-threaded
+    "threads": 1,  # per library: ratios are only stable single-threaded where processes share the cores
 }
 
 __all__ = ["CONFIG", "Check", "compare", "config_hash", "find_baseline", "measure", "run_regress"]

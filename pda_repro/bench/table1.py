@@ -55,7 +55,7 @@ BUDGET_SECONDS = {"quick": 3.0, "paper": 20.0}
 def repeats_for(profile: str, warmup_seconds: float) -> int:
     """Timed batches per cell: enough to fill the profile's time budget (3 s quick, 20 s paper) at the
     warm-up batch's speed, never fewer than 5 nor more than 50 (fast nets get more repeats: their times
-    are the noisiest on a shared machine)."""
+    are the noisiest when other processes share the cores)."""
     budget = BUDGET_SECONDS[profile]
     wanted = int(budget / warmup_seconds) if warmup_seconds > 0 else MAX_REPEATS
     return max(MIN_REPEATS, min(MAX_REPEATS, wanted))
