@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,47 +24,23 @@ if TYPE_CHECKING:
     from pda_repro.bench.settings import RunSettings
 
 
-def _whole_number(minimum: int, what: str) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            n = minimum - 1
-        if n < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
-        return n
-
-    return parse
-
-
-_positive_int = _whole_number(1, "a whole number >= 1")
-_count = _whole_number(0, "a whole number >= 0")
-_threads = _whole_number(0, "a whole number >= 0 (0: library defaults)")
-
-
-def _factor(value: str) -> float:
-    try:
-        f = float(value)
-    except ValueError:
-        f = 0.0
-    if not f >= 1:
-        raise argparse.ArgumentTypeError(f"expected a factor >= 1 (e.g. 2.0), got {value!r}")
-    return f
-
-
 def _names(value: str) -> list[str]:
     """'a,b' -> ['a', 'b'] (empty items dropped)."""
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _positive_ints(value: str) -> list[int]:
+    from pda_repro.cli.argtypes import positive_int  # pda_repro.cli imports this module
+
     items = _names(value)
     if not items:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers >= 1, got {value!r}")
-    return [_positive_int(v) for v in items]
+    return [positive_int(v) for v in items]
 
 
 def configure_benchmark(parser: argparse.ArgumentParser) -> None:
+    from pda_repro.cli.argtypes import float_at_least, int_at_least, positive_int  # pda_repro.cli imports us
+
     sub = parser.add_subparsers(
         dest="benchmark_command", metavar="{run,regress,batch,sampler,parallel,module,warm}"
     )
@@ -86,7 +61,7 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--backend", default="all", help="caffe, torch or all")
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (cuda: torch backend)")
-    run.add_argument("--batch", type=_positive_int, default=160, help="images per forward pass")
+    run.add_argument("--batch", type=positive_int, default=160, help="images per forward pass")
     run.add_argument(
         "--profile",
         default="quick",
@@ -111,7 +86,7 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     run.add_argument(
         "--threads",
-        type=_threads,
+        type=int_at_least(0, " (0: library defaults)"),
         default=1,
         help="threads per library (torch, numpy's and pycaffe's OpenBLAS); 0 = the libraries' defaults. One by "
         "default: where other processes share the cores, multi-threaded pools oversubscribe them and timings stop "
@@ -149,7 +124,7 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
     reg.add_argument("--update-baseline", action="store_true", help="store this run's ratios as the baseline")
     reg.add_argument(
         "--tolerance",
-        type=_factor,
+        type=float_at_least(1, "a factor", " (e.g. 2.0)"),
         default=None,
         help="allowed factor for every ratio (default: the stored ones — 1.5 for efficient/PDA, 2 for the others)",
     )
@@ -160,7 +135,9 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
 def _configure_measurements(sub: Any, formatter: Any) -> None:
     """The stand-alone measurements: batch, sampler, parallel, module, and the faithfulness warm-up."""
     from pda_repro.bench import batch_size, incremental_module, parallel_speed
+    from pda_repro.cli.argtypes import int_at_least, non_negative_int, positive_int
 
+    threads = int_at_least(0, " (0: library defaults)")
     results = {"default": str(RESULTS_DIR), "help": "results directory"}
     b = sub.add_parser(
         "batch",
@@ -171,9 +148,9 @@ def _configure_measurements(sub: Any, formatter: Any) -> None:
     b.add_argument("--models", type=_names, default=list(batch_size.DEFAULT_MODELS))
     b.add_argument("--backends", type=_names, default=["torch"])
     b.add_argument("--batches", type=_positive_ints, default=list(batch_size.DEFAULT_BATCHES))
-    b.add_argument("--rounds", type=_positive_int, default=3)
-    b.add_argument("--min-images", type=_positive_int, default=32)
-    b.add_argument("--threads", type=_threads, default=1, help="threads per library; 0 = library defaults")
+    b.add_argument("--rounds", type=positive_int, default=3)
+    b.add_argument("--min-images", type=positive_int, default=32)
+    b.add_argument("--threads", type=threads, default=1, help="threads per library; 0 = library defaults")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--results-dir", **results)
     s = sub.add_parser(
@@ -183,11 +160,11 @@ def _configure_measurements(sub: Any, formatter: Any) -> None:
         "'Sampling Time'), vectorised vs the per-window reference.",
         formatter_class=formatter,
     )
-    s.add_argument("--reference-windows", type=_positive_int, default=200)
-    s.add_argument("--repeats", type=_positive_int, default=3)
+    s.add_argument("--reference-windows", type=positive_int, default=200)
+    s.add_argument("--repeats", type=positive_int, default=3)
     s.add_argument(
         "--reference-windows-default-threads",
-        type=_count,
+        type=non_negative_int,
         default=40,
         help="windows for the reference with default BLAS threads (0: skip)",
     )
@@ -199,13 +176,11 @@ def _configure_measurements(sub: Any, formatter: Any) -> None:
         formatter_class=formatter,
     )
     p.add_argument("--models", type=_names, default=list(parallel_speed.DEFAULT_MODELS))
-    p.add_argument("--rounds", type=_positive_int, default=2)
-    p.add_argument(
-        "--chunks", type=_positive_int, default=8, help="work units per run (windows split evenly)"
-    )
-    p.add_argument("--workers", type=_positive_int, default=2)
+    p.add_argument("--rounds", type=positive_int, default=2)
+    p.add_argument("--chunks", type=positive_int, default=8, help="work units per run (windows split evenly)")
+    p.add_argument("--workers", type=positive_int, default=2)
     p.add_argument("--before-model", default="efficientnet_lite0", help="model of the 'before' timing")
-    p.add_argument("--windows", type=_positive_int, default=None, help="windows per model (default: WINDOWS)")
+    p.add_argument("--windows", type=positive_int, default=None, help="windows per model (default: WINDOWS)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--full-image",
@@ -214,9 +189,9 @@ def _configure_measurements(sub: Any, formatter: Any) -> None:
         help="models (comma-separated) whose whole image (every window at --full-image-stride) is also run, "
         "once per config ('' to skip)",
     )
-    p.add_argument("--full-image-stride", type=_positive_int, default=2)
+    p.add_argument("--full-image-stride", type=positive_int, default=2)
     p.add_argument(
-        "--scaling-rounds", type=_positive_int, default=3, help="rounds of the machine-scaling test"
+        "--scaling-rounds", type=positive_int, default=3, help="rounds of the machine-scaling test"
     )
     p.add_argument(
         "--merge",
@@ -236,11 +211,11 @@ def _configure_measurements(sub: Any, formatter: Any) -> None:
         formatter_class=formatter,
     )
     m.add_argument(
-        "--windows", type=_positive_int, default=incremental_module.WINDOWS, help="windows timed per mode"
+        "--windows", type=positive_int, default=incremental_module.WINDOWS, help="windows timed per mode"
     )
     m.add_argument(
         "--repeats",
-        type=_positive_int,
+        type=positive_int,
         default=incremental_module.REPEATS,
         help="ABBA repetitions (the median is kept)",
     )
@@ -264,7 +239,7 @@ def _configure_measurements(sub: Any, formatter: Any) -> None:
     )
     w.add_argument("--model", required=True)
     w.add_argument("--profile", default="quick", choices=("quick", "paper"))
-    w.add_argument("--threads", type=_threads, default=1, help="threads per library; 0 = library defaults")
+    w.add_argument("--threads", type=threads, default=1, help="threads per library; 0 = library defaults")
     w.add_argument("--seed", type=int, default=0)
 
 
