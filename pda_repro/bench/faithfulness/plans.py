@@ -87,6 +87,15 @@ def _photo_images(
     return images
 
 
+GRADIENT_BASELINES = ("saliency", "gradient_x_input", "gradcam")
+_CONTROL_RUNS = tuple(MapRun(k, k) for k in CONTROLS)  # a random and an all-equal map
+
+
+def _gradient_baselines(reuse: bool = False) -> tuple[MapRun, ...]:
+    """The gradient baselines (one pass each, no window settings); `reuse`: read from the qualitative maps."""
+    return tuple(MapRun(m, m, reuse=m if reuse else None) for m in GRADIENT_BASELINES)
+
+
 def _mnist_plan(profile: str) -> Plan:
     m = "marginal"
     runs = (
@@ -98,14 +107,11 @@ def _mnist_plan(profile: str) -> Plan:
         MapRun("epda_sampled", "epda_sampled", 1, 0, m),
         MapRun("simplified", "simplified", 1, 0, m),
         MapRun("occlusion", "occlusion", 1),
-        MapRun("saliency", "saliency"),
-        MapRun("gradient_x_input", "gradient_x_input"),
-        MapRun("gradcam", "gradcam"),
+        *_gradient_baselines(),
         MapRun("deep_taylor", "deep_taylor"),
         MapRun("epda_cond", "epda", 1, 0, "conditional"),
         MapRun("epda_cond_shift", "epda", 1, 0, "conditional_shift"),
-        MapRun("random", "random"),
-        MapRun("constant", "constant"),
+        *_CONTROL_RUNS,
     )
     evaluate = tuple(r.key for r in runs if r.key not in ("pda_seed1", "epda_s2", "epda_cond_shift"))
     pairs = (
@@ -173,12 +179,9 @@ def _lite0_plan(profile: str) -> Plan:
             MapRun("epda_sampled_s5", "epda_sampled", 5, 0, c),
             MapRun("simplified", "simplified", 1, 0, c),
             MapRun("occlusion", "occlusion", 1),
-            MapRun("saliency", "saliency"),
-            MapRun("gradient_x_input", "gradient_x_input"),
-            MapRun("gradcam", "gradcam"),
+            *_gradient_baselines(),
             MapRun("epda_shift", "epda", 1, 0, "conditional_shift"),
-            MapRun("random", "random"),
-            MapRun("constant", "constant"),
+            *_CONTROL_RUNS,
         )
         pairs = (
             ("pda_vs_pda_other_seed", "pda_s5", "pda_s5_seed1"),
@@ -211,17 +214,14 @@ def _lite0_plan(profile: str) -> Plan:
         MapRun("epda_sampled_s5", "epda_sampled", 5, 0, c, reuse="epda_sampled", images=f5),
         MapRun("simplified", "simplified", 1, 0, c, reuse="simplified_full"),
         MapRun("occlusion_s5", "occlusion", 5, reuse="occlusion", images=f5),
-        MapRun("saliency", "saliency", reuse="saliency"),
-        MapRun("gradient_x_input", "gradient_x_input", reuse="gradient_x_input"),
-        MapRun("gradcam", "gradcam", reuse="gradcam"),
+        *_gradient_baselines(reuse=True),
         MapRun("epda_s2", "epda", 2, 0, c, images=3),
         MapRun("epda_s4", "epda", 4, 0, c, images=2),
         MapRun("pda_s10", "pda", 10, 0, c, images=2),
         MapRun("pda_s10_seed1", "pda", 10, 1, c, images=2),
         MapRun("epda_s10", "epda", 10, 0, c),
         MapRun("epda_s5_shift", "epda", 5, 0, "conditional_shift", images=2),
-        MapRun("random", "random"),
-        MapRun("constant", "constant"),
+        *_CONTROL_RUNS,
     )
     pairs = (
         ("pda_vs_pda_other_seed", "pda_s10", "pda_s10_seed1"),
