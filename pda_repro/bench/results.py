@@ -384,10 +384,6 @@ class ResultStore:
     def json_path(self, experiment: str) -> Path:
         return self.dir / f"{experiment}.json"
 
-    def artifact_path(self, experiment: str, name: str) -> Path:
-        """A data file belonging to an experiment (e.g. an NPZ of per-neuron statistics)."""
-        return self.dir / experiment / name
-
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         """Serialise read-modify-write of this env's files between processes (a lock on the directory

@@ -84,9 +84,6 @@ class PlanState:
                 self.samplers[kind] = base.with_border("shift" if kind.endswith("shift") else "clip")
         return self.samplers[kind]
 
-    def image_index(self, name: str) -> int:
-        return [n for n, _ in self.images].index(name)
-
     def wanted(self, run: MapRun) -> list[int]:
         n = len(self.images) if run.images is None else min(run.images, len(self.images))
         return list(range(n))
