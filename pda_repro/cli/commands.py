@@ -1,5 +1,5 @@
-"""The parser of `pda-repro` and its entry point: one table of commands, each a `configure(parser)` that
-adds its arguments and a `run(args) -> int | None` that does the work (None = exit 0)."""
+"""The commands of `pda-repro` in one table, its parser and entry point: each command is a
+`configure(parser)` that adds its arguments and a `run(args) -> int | None` (None = exit 0)."""
 
 from __future__ import annotations
 
