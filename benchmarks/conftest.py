@@ -51,7 +51,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 @pytest.fixture(scope="session", autouse=True)
 def _threads_per_library():
     """One thread per library (PDA_BENCH_THREADS, 0 = library defaults), as `pda-repro benchmark run`."""
-    from pda_repro.bench.runner import limit_threads
+    from pda_repro.bench.timing import limit_threads
 
     n = int(os.environ.get("PDA_BENCH_THREADS", "1"))
     limit_threads(n or None)

@@ -11,14 +11,14 @@ import pytest
 def loaded(model_backend, batch, bench_rng):
     from pda_repro import zoo
     from pda_repro.backends import load_backend
-    from pda_repro.bench.common import random_input
+    from pda_repro.bench.context import random_input
 
     model, backend = model_backend
     try:
         net = load_backend(model, backend=backend, device="cpu", batch=batch)
     except ImportError as exc:
         pytest.skip(f"{backend} backend not available: {exc}")
-    from pda_repro.bench.runner import limit_threads
+    from pda_repro.bench.timing import limit_threads
 
     limit_threads(int(os.environ.get("PDA_BENCH_THREADS", "1")) or None)  # pycaffe's OpenBLAS loads with it
     x = random_input((batch, *net.input_shape), zoo.get(model), bench_rng)

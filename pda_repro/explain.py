@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from pda_repro.backends.base import Backend
-from pda_repro.methods import METHODS, WindowGrid, get_method
+from pda_repro.grid import WindowGrid
+from pda_repro.methods import METHODS, get_method
 from pda_repro.methods.base import ProgressCallback, RunContext, check_positive_int, model_spec
 
 DEFAULT_TRAIN_SIZE_1000 = 100_000  # N of the original PDA code for the ILSVRC nets

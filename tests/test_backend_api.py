@@ -82,7 +82,7 @@ def test_results_do_not_depend_on_the_batch_split(backend, rng):
 
 @pytest.mark.parametrize("backend", BACKEND_NAMES)
 def test_default_batch_is_the_papers_on_gpu_and_small_on_cpu(backend, rng):
-    """No batch given: 4 images per framework call on a CPU (see benchmarks/bench_batch.py), the
+    """No batch given: 4 images per framework call on a CPU (see `pda-repro benchmark batch`), the
     paper's 160 on a GPU; explain(batch=None) takes the backend's window batch for the inference
     mode: that batch for full inference, 16 windows for incremental inference on a CPU (64 where the
     dense tail's weights are large); a batch given at construction is used as it is."""

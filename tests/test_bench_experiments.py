@@ -12,14 +12,14 @@ from pda_repro.bench import approximation as A
 from pda_repro.bench import fig12 as F
 from pda_repro.bench import inputs
 from pda_repro.bench import table1 as T
-from pda_repro.bench.common import BenchContext
+from pda_repro.bench.context import BenchContext
 from pda_repro.bench.results import ResultStore
 from pda_repro.bench.settings import RunSettings
-from pda_repro.sampling import PatchGaussian
+from pda_repro.sampling import PatchGaussian, WindowImputer
 from tests.reference.methods_ref import TINY, NumpyChainBackend, parse_prototxt, random_spd, random_weights
 
 
-class FixedPatches:
+class FixedPatches(WindowImputer):
     """A sampler (imputer contract) that hands out given patches in order and their mean as the mean."""
 
     def __init__(self, patches: np.ndarray) -> None:
@@ -113,7 +113,9 @@ def _gaussian(rng, k, outer, channels):
 def test_time_explanation_subset_row(tmp_path, rng, linear_net, monkeypatch, method):
     image = rng.normal(size=(2, 9, 9)).astype(np.float32)
     monkeypatch.setattr(F, "timing_image", lambda ctx, model: (image, "noise"))
-    monkeypatch.setattr(inputs, "model_sampler", lambda spec, model, k, outer, seed: _gaussian(rng, k, outer, 2))
+    monkeypatch.setattr(
+        inputs, "model_sampler", lambda spec, model, k, outer, seed: _gaussian(rng, k, outer, 2)
+    )
     ctx = TinyContext(tmp_path, linear_net, batch=8)
     row = F.time_explanation(ctx, "tiny", "numpy", method, window=3, outer=5, samples=4, subset=10)
     assert row["windows_total"] == 49 and row["windows_evaluated"] == 10  # (9-3+1)^2 windows
@@ -257,7 +259,7 @@ def test_table1_row(tmp_path, linear_net):
 # --- the plan of a run ---------------------------------------------------------------------------------
 def test_default_plan_covers_every_experiment_on_both_backends(tmp_path):
     from pda_repro import zoo
-    from pda_repro.bench.run import parse_backends, parse_experiments, parse_models, plan_cells
+    from pda_repro.bench.runner import parse_backends, parse_experiments, parse_models, plan_cells
 
     ctx = BenchContext(store=ResultStore(tmp_path, "cpu-test-2c"))
     cells = plan_cells(ctx, parse_models("default"), parse_backends("all"), parse_experiments("all"))
@@ -282,7 +284,7 @@ def test_default_plan_covers_every_experiment_on_both_backends(tmp_path):
 
 
 def test_run_arguments_are_checked():
-    from pda_repro.bench.run import parse_backends, parse_experiments, parse_models
+    from pda_repro.bench.runner import parse_backends, parse_experiments, parse_models
 
     assert parse_experiments("fig12,table1") == ["table1", "fig12"]
     assert parse_experiments("fig9_10,table1") == ["table1", "fig9_10"]

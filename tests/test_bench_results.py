@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from pda_repro.bench import results as R
-from pda_repro.bench.common import BenchContext
-from pda_repro.bench.plan import Cell, CellSkipped, run_cells
+from pda_repro.bench.cells import Cell, CellSkipped, run_cells
+from pda_repro.bench.context import BenchContext
 from pda_repro.bench.results import ResultStore, cell_id
 from pda_repro.bench.settings import RunSettings
 from pda_repro.io import FILE_MODE

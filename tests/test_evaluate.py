@@ -457,14 +457,14 @@ def test_bootstrap_interval(rng):
 def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatch):
     import dataclasses
 
-    from pda_repro.bench.common import BenchContext
+    from pda_repro.bench.cells import run_cells
+    from pda_repro.bench.context import BenchContext
     from pda_repro.bench.faithfulness import cells as fx_cells
     from pda_repro.bench.faithfulness import maps as fx_maps
     from pda_repro.bench.faithfulness import plans as fx_plans
     from pda_repro.bench.faithfulness import warm as fx_warm
     from pda_repro.bench.faithfulness_figures import render_faithfulness
     from pda_repro.bench.inputs import mnist_inputs
-    from pda_repro.bench.plan import run_cells
     from pda_repro.bench.results import ResultStore
     from pda_repro.bench.results_readme import write_readme
 

@@ -399,15 +399,16 @@ def test_workers_get_the_module_net_pickled_and_equal():
 
 def test_incremental_benchmark_row_and_readme_table(tmp_path):
     from pda_repro.bench import incremental, incremental_module
-    from pda_repro.bench.common import BenchContext
+    from pda_repro.bench.context import BenchContext
     from pda_repro.bench.results import ResultStore
+    from pda_repro.bench.settings import RunSettings
     from pda_repro.grid import WindowGrid
     from pda_repro.incremental import cost
 
     net = load_model(tiny(10), input_shape=(3, 24, 24), preprocess={"crop": 24, "resize": None})
     image = np.random.default_rng(9).standard_normal((3, 24, 24)).astype(np.float32)
     store = ResultStore(tmp_path, "cpu-test")
-    ctx = BenchContext(store=store, threads=1)
+    ctx = BenchContext(store=store, settings=RunSettings(threads=1))
     runs = [
         incremental.measure_net(ctx, net, "tiny", "epda", 32, image, "noise", MarginalSampler(image[None], 10),
                                 net.weights_source)

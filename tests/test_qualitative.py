@@ -23,7 +23,7 @@ from pda_repro.bench import qualitative as q
 from pda_repro.bench.qualitative import command, maps, paper
 from pda_repro.cli import CLIError
 from pda_repro.explain import explain, load_model
-from pda_repro.methods import WindowGrid
+from pda_repro.grid import WindowGrid
 from pda_repro.sampling import PatchGaussian
 from pda_repro.seeding import generator
 

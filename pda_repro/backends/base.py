@@ -25,12 +25,9 @@ INCREMENTAL_CPU_BATCH = 16
 
 def default_batch(device: str = "cpu") -> int:
     """Images per forward pass when none is given: the paper's 160 on a GPU; 4 on a CPU, where big
-    batches outgrow the caches. Measured on this project's CPU (1 thread; benchmarks/bench_batch.py ->
-    results/cpu-amd-epyc-2c/batch_size.csv): batch 160 costs 1.35x (AlexNet), 1.87x (GoogLeNet) and
-    3.8x (EfficientNet-Lite0) the time per image of batch 4, VGG-16 at 64 1.27x; 4 is within 1.07x of
-    the fastest size for GoogLeNet, EfficientNet-Lite0 and VGG-16, 1.24x for AlexNet (best at 16). Only the tiny MNIST net prefers big
-    batches (0.11 vs 0.16 ms per image). The benchmark harness keeps the paper's 160 on every device
-    (Table 1 is defined at batch 160)."""
+    batches outgrow the caches (`pda-repro benchmark batch` measures the time per image against the batch
+    size into results/<env>/batch_size.csv; README's batch table is generated from it). The benchmark
+    harness keeps the paper's 160 on every device (Table 1 is defined at batch 160)."""
     return PAPER_BATCH if str(device).startswith(("cuda", "gpu")) else CPU_BATCH
 
 

@@ -7,10 +7,10 @@ Entry points: `pda-repro benchmark run|regress|batch|sampler|parallel|module|war
 
 Modules, in the order of a run:
   settings        RunSettings: the one frozen settings object of a `benchmark run`
-  common          BenchContext: the settings, the result store, the models and samplers loaded once
-  run             the runner: the cells the settings select (parse_models, plan_cells), then `run`
-  plan            Cell, CellSkipped and `run_cells` (skip, resume, progress, free the nets)
-  runner          timing helpers: time_calls, summarise, PeakMemory, Progress, limit_threads
+  context         BenchContext: the settings, the result store, the models and samplers loaded once
+  runner          the cells the settings select (parse_models, plan_cells), then `run`
+  cells           Cell, CellSkipped and `run_cells` (skip, resume, progress, free the nets)
+  timing          timing helpers: time_calls, summarise, PeakMemory, Progress, limit_threads
   inputs          the images and conditional samplers the experiments use
   table1, fig12, incremental, approximation, faithfulness/   the experiments' cells
   batch_size, sampler_speed, parallel_speed, incremental_module   stand-alone measurements

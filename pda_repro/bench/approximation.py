@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from pda_repro.bench.common import BenchContext
+from pda_repro.bench.cells import Cell, CellSkipped, net_or_skip
+from pda_repro.bench.context import BenchContext
 from pda_repro.bench.inputs import distinct_images, is_mnist_like, timing_image
-from pda_repro.bench.plan import Cell, CellSkipped, net_or_skip
 from pda_repro.bench.results import atomic_save_npz, weights_slug
 
 # Layers whose outputs (before the ReLU that follows, where one does) Figs 9/10 show. Caffe's ReLUs run

@@ -52,7 +52,7 @@ def measure(
     net: Any, batches: list[int], rounds: int, min_images: int, rng: np.random.Generator
 ) -> dict[int, list[float]]:
     """Seconds per image of each round, per batch size (the rounds interleave the sizes)."""
-    from pda_repro.bench.common import random_input
+    from pda_repro.bench.context import random_input
 
     inputs = {b: random_input((b, *net.input_shape), net.model_spec, rng) for b in batches}
     calls = {b: max(1, math.ceil(min_images / b)) for b in batches}
@@ -83,7 +83,7 @@ def run(
     """Measure every (backend, model, batch) and write batch_size.csv/.json; returns the CSV path."""
     from pda_repro import zoo
     from pda_repro.backends import load_backend
-    from pda_repro.bench.runner import limit_threads
+    from pda_repro.bench.timing import limit_threads
 
     unknown = [m for m in models if m not in zoo.names()]
     if unknown:

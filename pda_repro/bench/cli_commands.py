@@ -272,11 +272,11 @@ def _run_measurement(args: argparse.Namespace) -> int:
         else:
             print(incremental_module.run(args.results, args.windows, args.force, args.repeats))
     else:
-        from pda_repro.bench.common import BenchContext
+        from pda_repro.bench.context import BenchContext
         from pda_repro.bench.faithfulness.warm import warm
         from pda_repro.bench.results import ResultStore, env_name
-        from pda_repro.bench.runner import limit_threads
         from pda_repro.bench.settings import RunSettings
+        from pda_repro.bench.timing import limit_threads
 
         settings = RunSettings(
             profile=args.profile, seed=args.seed, threads=args.threads, command=command_line()
@@ -314,7 +314,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     from pda_repro import parallel
-    from pda_repro.bench.run import run
+    from pda_repro.bench.runner import run
 
     try:
         settings = _settings(args)
@@ -369,20 +369,3 @@ def run_figures(args: argparse.Namespace) -> int:
     if not done.figures:
         print(f"figures: nothing to draw under {args.results}/<env>/ (run `make benchmark` first)")
     return 0
-
-
-def register(add_subcommand: Any) -> None:
-    """Called by pda_repro.cli when it builds its parser."""
-    add_subcommand(
-        "benchmark",
-        "benchmarks: `benchmark run` (Table 1, Fig 12, Figs 9/10/11/16 into results/), `regress`, and the "
-        "stand-alone measurements (batch, sampler, parallel, module, warm)",
-        configure_benchmark,
-        run_benchmark,
-    )
-    add_subcommand(
-        "figures",
-        "draw every benchmark table/figure from results/ into results/figures/ and write results/README.md",
-        configure_figures,
-        run_figures,
-    )

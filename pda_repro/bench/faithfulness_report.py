@@ -233,7 +233,7 @@ def _stride_env_lines(env_dir: Path) -> list[str]:
     the stride it picks, and the CLI's default."""
     from pda_repro import zoo
     from pda_repro.evaluate.summary import stride_choice
-    from pda_repro.methods.windows import WindowGrid
+    from pda_repro.grid import WindowGrid
 
     lines: list[str] = []
     env = env_dir.name

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from pda_repro.bench.common import BenchContext
+from pda_repro.bench.cells import Cell, net_or_skip
+from pda_repro.bench.context import BenchContext
 from pda_repro.bench.inputs import timing_image
-from pda_repro.bench.plan import Cell, net_or_skip
 
 WINDOW, OUTER, SAMPLES, STRIDE = 10, 18, 10, 1
 METHODS = ("epda", "pda")  # efficient PDA first: the cheaper result is in even if a run is cut short

@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from pda_repro.bench.common import BenchContext
+from pda_repro.bench.cells import Cell, net_or_skip
+from pda_repro.bench.context import BenchContext
 from pda_repro.bench.inputs import timing_image
-from pda_repro.bench.plan import Cell, net_or_skip
-from pda_repro.bench.runner import PeakMemory
+from pda_repro.bench.timing import PeakMemory
 
 WINDOW, OUTER, SAMPLES, STRIDE = 10, 18, 10, 1
 METHODS = ("epda", "pda")
@@ -113,8 +113,8 @@ def measure_net(
 ) -> dict[str, Any]:  # fmt: skip
     """The row of `measure` for any torch-based net with incremental inference (`model` names it)."""
     from pda_repro.backends.base import default_batch
+    from pda_repro.grid import WindowGrid
     from pda_repro.incremental import cost
-    from pda_repro.methods.windows import WindowGrid
 
     if net.incremental_note():
         raise ValueError(f"{model}: {net.incremental_note()}")

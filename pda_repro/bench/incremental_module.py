@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pda_repro.bench import incremental
-from pda_repro.bench.common import BenchContext
+from pda_repro.bench.context import BenchContext
 from pda_repro.bench.results import RESULTS_DIR, ResultStore, command_line, env_name, replace_generated_block
 from pda_repro.bench.settings import RunSettings
 
@@ -99,7 +99,7 @@ def run(
     results_dir: str | Path = RESULTS_DIR, windows: int = WINDOWS, force: bool = False, repeats: int = REPEATS
 ) -> Path:
     """Measure every model of MODELS not yet stored (all with force); returns the CSV path."""
-    from pda_repro.bench.runner import limit_threads
+    from pda_repro.bench.timing import limit_threads
 
     limit_threads(1)
     store = ResultStore(Path(results_dir), env_name("cpu"))

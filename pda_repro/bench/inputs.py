@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pda_repro.bench.common import BenchContext
+from pda_repro.bench.context import BenchContext
 
 TIMING_PHOTO = "chelsea"  # the image Fig 12 explains on ImageNet-style nets (a cat; any photo would do)
 SAMPLER_PATCHES = 20_000

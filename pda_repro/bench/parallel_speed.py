@@ -275,7 +275,7 @@ def run(
 
     from pda_repro import parallel, zoo
     from pda_repro.backends import load_backend
-    from pda_repro.bench.common import random_input
+    from pda_repro.bench.context import random_input
     from pda_repro.explain import explain
     from pda_repro.methods import windows
     from pda_repro.methods.chunks import ChunkState
@@ -367,7 +367,7 @@ def run(
             "bytes_back_per_chunk_1_class": len(pickle.dumps(state, protocol=5)),
             "bytes_back_per_window_per_class": 8,
             # sent once per image to each worker: the image and the window corners; the sampler goes
-            # once per worker and sampler content (parallel._Pool.share)
+            # once per worker and sampler content (parallel.actors._Pool.share)
             "bytes_task_per_image": len(pickle.dumps(x, protocol=5)) + 16 * FULL_WINDOWS,
             "bytes_sampler_once_per_worker": len(pickle.dumps(gauss, protocol=5)),
         }

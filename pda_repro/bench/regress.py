@@ -270,11 +270,11 @@ def measure(
 ) -> Measurement:
     """Measure every ratio of ``config`` on this machine (same run, interleaved where it matters)."""
     from pda_repro.backends import load_backend
-    from pda_repro.bench.common import BenchContext
+    from pda_repro.bench.context import BenchContext
     from pda_repro.bench.inputs import timing_image
     from pda_repro.bench.results import ResultStore
-    from pda_repro.bench.runner import limit_threads
     from pda_repro.bench.settings import RunSettings
+    from pda_repro.bench.timing import limit_threads
     from pda_repro.explain import explain
 
     started = time.perf_counter()

@@ -1,5 +1,5 @@
 """The settings of one `pda-repro benchmark run`: filled once by the argparse layer
-(pda_repro.bench.cli_commands), read by the runner (pda_repro.bench.run) and by every experiment through
+(pda_repro.bench.cli_commands), read by the runner (pda_repro.bench.runner) and by every experiment through
 ``BenchContext.settings``; never copied field by field.
 """
 
@@ -20,7 +20,7 @@ PROFILES = ("quick", "paper")
 class RunSettings:
     """What a benchmark run measures and how.
 
-    ``model``, ``backend`` and ``experiments`` select the cells (comma lists, see pda_repro.bench.run);
+    ``model``, ``backend`` and ``experiments`` select the cells (comma lists, see pda_repro.bench.runner);
     ``threads`` is the thread count per library (torch, numpy's and pycaffe's OpenBLAS), 0 leaving the
     libraries' defaults; ``inference`` is how Figure 12's explanations forward a window (auto |
     incremental | full); ``workers``/``cluster`` are the window methods' executor (pda_repro.parallel);

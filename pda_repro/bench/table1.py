@@ -12,9 +12,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pda_repro.bench.common import BenchContext, random_input
-from pda_repro.bench.plan import Cell, net_or_skip
-from pda_repro.bench.runner import PeakMemory, synchronize, time_calls
+from pda_repro.bench.cells import Cell, net_or_skip
+from pda_repro.bench.context import BenchContext, random_input
+from pda_repro.bench.timing import PeakMemory, synchronize, time_calls
 
 PAPER_TABLE1_MS = {"alexnet": 342.0, "vgg16": 3301.0, "googlenet": 634.0}
 PAPER_TABLE1_SETTING = "Caffe + cuDNN, Tesla K80, batch 160 (paper Table 1)"

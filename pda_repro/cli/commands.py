@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pda_repro.bench.cli_commands import configure_benchmark, configure_figures, run_benchmark, run_figures
+from pda_repro.bench.qualitative import command as qualitative_command
 from pda_repro.cli import explain_args, explain_run, zoo_commands
 from pda_repro.cli.errors import (
     EXIT_INTERRUPTED,
@@ -75,8 +76,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("models", "list the model zoo", zoo_commands.configure_models, zoo_commands.run_models),
     Command(
         "benchmark",
-        "benchmarks: `benchmark run` (Table 1, Fig 12, Figs 9/10/11/16 into results/) and "
-        "`benchmark regress`",
+        "benchmarks: `benchmark run` (Table 1, Fig 12, Figs 9/10/11/16 into results/), `regress`, and the "
+        "stand-alone measurements (batch, sampler, parallel, module, warm)",
         configure_benchmark,
         run_benchmark,
     ),  # fmt: skip
@@ -85,6 +86,12 @@ COMMANDS: tuple[Command, ...] = (
         "draw every benchmark table/figure from results/ into results/figures/ and write results/README.md",
         configure_figures,
         run_figures,
+    ),  # fmt: skip
+    Command(
+        "qualitative",
+        "the paper's qualitative figures (13-19, baselines): compute their maps, render the PNGs",
+        qualitative_command.configure,
+        qualitative_command.run,
     ),  # fmt: skip
     Command(
         "evaluate",
@@ -146,7 +153,7 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
     parser = Parser(
         prog=PROG,
         description="Prediction Difference Analysis (Zintgraf et al. 2017) and its efficient variant: "
-        "explain image classifications from Caffe nets on pycaffe or PyTorch.",
+        "explain image classifications of Caffe nets (pycaffe or PyTorch), PyTorch modules and ONNX graphs.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)

@@ -16,7 +16,6 @@ from pda_repro.methods.pda import PDA
 from pda_repro.methods.simplified import SimplifiedPDA
 from pda_repro.methods.windows import (
     Imputation,
-    WindowGrid,
     WindowMethod,
     average_over_windows,
     laplace_correct,
@@ -67,7 +66,6 @@ __all__ = [
     "Saliency",
     "SampledEfficientPDA",
     "SimplifiedPDA",
-    "WindowGrid",
     "WindowMethod",
     "available_methods",
     "average_over_windows",

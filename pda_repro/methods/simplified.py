@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from pda_repro.backends.base import Backend
+from pda_repro.grid import WindowGrid
 from pda_repro.methods.base import Method, MethodResult, RunContext, check_output
 from pda_repro.methods.windows import (
     CHUNK_DRAWS,
-    WindowGrid,
     average_over_windows,
     check_outer,
     check_sampler,

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 
 from pda_repro import seeding
-from pda_repro.bench.common import BenchContext
+from pda_repro.bench.cells import Cell
+from pda_repro.bench.context import BenchContext
 from pda_repro.bench.faithfulness import plans
 from pda_repro.bench.faithfulness.maps import PlanState, coverage, evaluation, plan_state
 from pda_repro.bench.faithfulness.plans import CONTROLS, MapRun
-from pda_repro.bench.plan import Cell
 from pda_repro.bench.results import cpu_model
 
 __all__ = ["AGREEMENT", "CURVES", "DESCRIPTIONS", "EXPERIMENT", "RANDOMISATION", "cells", "plan_notes"]
@@ -29,7 +29,7 @@ THRESHOLD = 0.5  # randomisation: the map "changed" when |Spearman| with the tra
 def plan_notes(st: PlanState) -> dict[str, Any]:
     """The plan's notes plus, built from its settings, what every map is (method, stride, S, seed, sampler) and
     on which images it was made, and what the finest PDA grid would forward per image."""
-    from pda_repro.methods.windows import WindowGrid
+    from pda_repro.grid import WindowGrid
 
     plan, names = st.plan, [n for n, _ in st.images]
     h, w = st.images[0][1].shape[1:]

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from pda_repro import seeding
-from pda_repro.bench.common import BenchContext
+from pda_repro.bench.cells import CellSkipped
+from pda_repro.bench.context import BenchContext
 from pda_repro.bench.faithfulness.plans import CONTROLS, MapRun, Plan
-from pda_repro.bench.plan import CellSkipped
 from pda_repro.bench.results import REPO_ROOT, atomic_save_npz
 from pda_repro.io import atomic_writer
 from pda_repro.paths import cache_dir

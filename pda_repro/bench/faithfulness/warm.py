@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pda_repro.bench.common import BenchContext
+from pda_repro.bench.context import BenchContext
 from pda_repro.bench.faithfulness import maps, plans
 from pda_repro.bench.faithfulness.maps import PlanState, evaluation, plan_state
 from pda_repro.bench.faithfulness.plans import CONTROLS, MapRun
@@ -31,7 +31,7 @@ def _map_cost(st: PlanState, run: MapRun, i: int) -> float:
         return 0.0
     if run.stride is None or run.method == "simplified":
         return 0.5
-    from pda_repro.methods.windows import WindowGrid
+    from pda_repro.grid import WindowGrid
 
     n = WindowGrid(x.shape[1], x.shape[2], st.plan.window, run.stride).n_windows
     return n * (st.plan.samples if run.method in ("pda", "epda_sampled") else 1) * SECONDS_PER_WINDOW_FORWARD

@@ -183,11 +183,4 @@ def photo_sampler(model: str, window: int, outer: int, seed: int) -> Any:
     from pda_repro import zoo
     from pda_repro.bench.inputs import model_sampler
 
-    class _Context:  # what model_sampler reads of a BenchContext
-        def __init__(self) -> None:
-            self.seed = seed
-
-        def spec(self, name: str) -> Any:
-            return zoo.get(name)
-
-    return model_sampler(_Context(), model, window, outer)
+    return model_sampler(zoo.get(model), model, window, outer, seed)

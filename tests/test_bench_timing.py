@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pda_repro.bench.runner import Progress, format_seconds, limit_threads, summarise, time_calls
+from pda_repro.bench.timing import Progress, format_seconds, limit_threads, summarise, time_calls
 
 
 def test_summarise_matches_hand_computation():
@@ -45,7 +45,7 @@ def test_time_calls_validates():
 
 PEAK_MEMORY_PROBE = """
 import json, numpy as np
-from pda_repro.bench.runner import PeakMemory
+from pda_repro.bench.timing import PeakMemory
 with PeakMemory("cpu") as mem:
     block = np.ones(40_000_000)  # 305 MiB, touched
     del block

@@ -14,8 +14,8 @@ import numpy as np
 
 from pda_repro import seeding
 from pda_repro.bench.results import ResultStore, machine_metadata, weights_label
-from pda_repro.bench.runner import Progress
 from pda_repro.bench.settings import RunSettings
+from pda_repro.bench.timing import Progress
 
 PAPER_MODELS = ("alexnet", "vgg16", "googlenet")
 ZOO_MODELS = ("alexnet", "vgg16", "googlenet", "mnist")
@@ -133,7 +133,7 @@ class BenchContext:
                 seed=self.settings.seed,
             )
             if self.settings.threads:
-                from pda_repro.bench.runner import limit_threads
+                from pda_repro.bench.timing import limit_threads
 
                 limit_threads(self.settings.threads)  # pycaffe's OpenBLAS is loaded with its backend
         return self._backends[key]

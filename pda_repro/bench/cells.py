@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pda_repro.bench.common import BenchContext
-from pda_repro.bench.runner import Progress
+from pda_repro.bench.context import BenchContext
+from pda_repro.bench.timing import Progress
 
 __all__ = ["Cell", "CellSkipped", "net_or_skip", "run_cells"]
 
