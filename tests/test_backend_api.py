@@ -259,9 +259,9 @@ def test_torch_backend_works_where_pycaffe_does_not_import():
     assert done.stdout.strip() == "ok"
 
 
-def test_netspec_entry_point_writes_prototxts(tmp_path):
+def test_prototxts_command_writes_prototxts(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "pda_repro.netspec", "--out", str(tmp_path), "mnist", "alexnet"],
+        [sys.executable, "-m", "pda_repro.cli", "prototxts", "--out", str(tmp_path), "mnist", "alexnet"],
         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -314,13 +314,27 @@ def test_help_models_version():
 @pytest.mark.parametrize(
     "argv",
     [[], ["explain"], ["models"], ["benchmark"], ["benchmark", "run"], ["benchmark", "regress"], ["figures"],
-     ["evaluate"], ["train"], ["train", "mnist"], ["convert"], ["convert", "efficientnet"], ["prototxts"]],
+     ["evaluate"], ["train"], ["train", "mnist"], ["convert"], ["convert", "efficientnet"], ["prototxts"],
+     ["qualitative"], ["benchmark", "batch"], ["benchmark", "sampler"], ["benchmark", "parallel"],
+     ["benchmark", "module"], ["benchmark", "warm"]],
 )  # fmt: skip
 def test_every_command_has_help(argv, capsys):
     from pda_repro import cli
 
     assert cli.main([*argv, "--help"]) == 0
     assert capsys.readouterr().out.startswith(f"usage: pda-repro {' '.join(argv)}".rstrip())
+
+
+def test_prototxts_unknown_net_is_a_one_line_error(tmp_path, capsys):
+    from pda_repro import cli
+
+    assert cli.main(["prototxts", "nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.strip()
+        == "pda-repro: error: no prototxt builder for 'nope'; expected one of alexnet, vgg16, googlenet, mnist"
+    )
+    assert not list(tmp_path.iterdir())
 
 
 def test_registered_subcommands_and_errors(capsys):

@@ -170,3 +170,30 @@ def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"^```(?:bash|sh)?\n(.*?)```", readme, flags=re.S | re.M)
     assert any("make test" in c for c in commands)
     assert "make test" in (REPO_ROOT / ".ci" / "run").read_text()
+
+
+def _readme_layout() -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```", 2)[1]
+
+
+def test_readme_layout_names_every_module_and_only_paths_that_exist():
+    """README's layout section matches the tree: every module and package of pda_repro/ is named, and
+    every file or folder it names exists (a renamed or new module fails here until README says so)."""
+    layout = _readme_layout()
+    words = set(re.findall(r"[\w./<>-]+", layout))
+    package = REPO_ROOT / "pda_repro"
+    entries = [p.name for p in package.glob("*.py") if p.name != "__init__.py"]
+    entries += [
+        p.name + "/" for p in package.iterdir() if (p / "__init__.py").is_file() and p.name != "_generated"
+    ]
+    missing = sorted(e for e in entries if e not in words)
+    assert not missing, f"README's layout does not name {missing}"
+    top = {"pda_repro/", "tests/", "benchmarks/", "models/", "results/", "scripts/"}
+    assert top <= words
+    every = {p.name for p in REPO_ROOT.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts}
+    named_files = {w.split("/")[-1] for w in words if re.search(r"\.(py|sh)$", w)}
+    assert named_files and not sorted(named_files - every), sorted(named_files - every)
+    for w in (w for w in words if w.endswith("/")):
+        assert any(p.is_dir() for p in REPO_ROOT.rglob(w.rstrip("/").split("/")[-1])), w

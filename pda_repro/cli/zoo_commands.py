@@ -29,14 +29,22 @@ def configure_prototxts(parser: argparse.ArgumentParser) -> None:
     from pda_repro.netspec import BUILDERS  # noqa: PLC0415
     from pda_repro.zoo import MODELS_DIR  # noqa: PLC0415
 
-    parser.add_argument("names", nargs="*", choices=[*BUILDERS, []], help="nets to write (default: all)")
+    parser.add_argument(
+        "names", nargs="*", metavar="NET", help=f"nets to write, of {', '.join(BUILDERS)} (default: all)"
+    )
     parser.add_argument("--out", default=str(MODELS_DIR), help="directory (default: the repo's models/)")
 
 
 def run_prototxts(args: argparse.Namespace) -> int:
     """Write the prototxts (pda_repro.netspec.write_models) and print their paths."""
-    from pda_repro.netspec import write_models  # noqa: PLC0415
+    from pda_repro.cli.errors import CLIError  # noqa: PLC0415
+    from pda_repro.netspec import BUILDERS, write_models  # noqa: PLC0415
 
+    unknown = [n for n in args.names if n not in BUILDERS]
+    if unknown:
+        raise CLIError(
+            f"no prototxt builder for {', '.join(map(repr, unknown))}; expected one of {', '.join(BUILDERS)}"
+        )
     for path in write_models(args.out, args.names or None):
         print(path)
     return 0
