@@ -160,6 +160,22 @@ def test_second_compute_recomputes_nothing(
     assert {p: p.read_bytes() for p in files} == before
 
 
+def test_json_rewritten_from_reused_maps_keeps_the_machine_that_computed_them(
+    tiny_setup: q.Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _compute(tiny_setup, tmp_path)
+    jsons = sorted((tmp_path / "qualitative").glob("*.json"))
+    assert jsons
+    for path in jsons:  # as if another machine had computed the maps
+        doc = json.loads(path.read_text())
+        doc["machine"] = {**doc["machine"], "cpu_model": "elsewhere", "date": "2000-01-01T00:00:00+00:00"}
+        path.write_text(json.dumps(doc))
+    _forbid(monkeypatch, maps, "explain")
+    _compute(tiny_setup, tmp_path)
+    for path in jsons:
+        assert json.loads(path.read_text())["machine"]["cpu_model"] == "elsewhere"
+
+
 def test_force_and_changed_settings_recompute(
     tiny_setup: q.Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,7 @@ among processes; a final run without it writes the figure JSONs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -152,10 +153,12 @@ def compute(
         job = _SetJob(
             image_set, root / set_name, ckpt_root, seed=seed, force=force, progress=progress, say=say
         )
+        before = len(report.computed)
         names = job.run(subjects_of[set_name], keys, report, wanted)
         if wanted is None:
+            computed_here = len(report.computed) > before
             for fig in figs:
-                report.json_files.append(_write_figure_json(fig, image_set, names, root, seed))
+                report.json_files.append(_write_figure_json(fig, image_set, names, root, seed, computed_here))
     report.wall_seconds = time.perf_counter() - started
     report.cpu_seconds = time.process_time() - cpu_started
     say(
@@ -403,9 +406,24 @@ def _subject_entry(sub_dir: Path, name: str, columns: Sequence[str]) -> tuple[di
     return entry, complete
 
 
-def _write_figure_json(fig: FigureSpec, image_set: ImageSet, names: list[str], root: Path, seed: int) -> Path:
-    """Everything the renderer needs and a reader wants to know, built from the stored data."""
+def _machine(path: Path, computed_here: bool) -> dict[str, Any]:
+    """The machine that computed the maps: this one when a map was computed now, else the one the
+    figure's stored JSON names (a JSON rewritten from reused maps must not claim this machine)."""
     from pda_repro.bench.results import machine_metadata
+
+    if not computed_here and path.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            stored = json.loads(path.read_text()).get("machine")
+            if isinstance(stored, dict):
+                return stored
+    machine = machine_metadata()
+    return {k: machine.get(k) for k in MACHINE_FIELDS}
+
+
+def _write_figure_json(
+    fig: FigureSpec, image_set: ImageSet, names: list[str], root: Path, seed: int, computed_here: bool = True
+) -> Path:
+    """Everything the renderer needs and a reader wants to know, built from the stored data."""
 
     subjects = []
     complete = True
@@ -423,7 +441,6 @@ def _write_figure_json(fig: FigureSpec, image_set: ImageSet, names: list[str], r
             **run.explain_kwargs(),
             "sampler": image_set.samplers[run.sampler].description if run.sampler else None,
         }
-    machine = machine_metadata()
     doc = {
         "format": FORMAT,
         "figure": fig.name,
@@ -445,7 +462,7 @@ def _write_figure_json(fig: FigureSpec, image_set: ImageSet, names: list[str], r
         "cpu_seconds_total": sum(
             r.get("cpu_seconds", 0.0) or 0.0 for s in subjects for r in s["runs"].values()
         ),
-        "machine": {k: machine.get(k) for k in MACHINE_FIELDS},
+        "machine": _machine(root / f"{fig.name}.json", computed_here),
         "png": f"{FIGURES_DIRNAME}/{fig.name}.png",
     }
     text = json.dumps(_json_safe(doc), indent=2) + "\n"
