@@ -317,3 +317,13 @@ def test_retrained_weights_supersede_old_cells_but_other_weights_stay(tmp_path, 
     assert left == {"other.caffemodel (sha256 cccc3333)", "random (seeded fillers, seed 0)"}
     assert len(ctx.store.read_meta("fig11")["cells"]) == 2
     assert A.prune_superseded(ctx, "fig11", {**base, "weights": "random (seeded fillers, seed 0)"}) == []
+
+
+def test_parallel_benchmark_names_the_models_it_runs_before_measuring(tmp_path):
+    from pda_repro.bench import parallel_speed
+
+    with pytest.raises(
+        ValueError, match=r"no parallel benchmark for model\(s\) \['mnist'\]; choose from .*vgg16"
+    ):
+        parallel_speed.run(models=["mnist"], results_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
