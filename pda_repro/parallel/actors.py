@@ -1,4 +1,4 @@
-"""Ray for the window loop: the session (embedded or a cluster), the net recipe, the actors and
+"""Ray for the window loop: the Ray runtime (embedded, or joined on a cluster), the net recipe, the actors and
 `RayExecutor`, which spreads one image's chunks over them (pda_repro.parallel describes the whole).
 
 Each worker is an actor that builds the net (backend, prototxt, weights, batch, device) once, with its
