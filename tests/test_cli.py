@@ -325,6 +325,14 @@ def test_every_command_has_help(argv, capsys):
     assert capsys.readouterr().out.startswith(f"usage: pda-repro {' '.join(argv)}".rstrip())
 
 
+def test_benchmark_warm_negative_stop_after_is_a_one_line_error(capsys):
+    from pda_repro import cli
+
+    assert cli.main(["benchmark", "warm", "--model", "mnist", "--stop-after", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--stop-after must be >= 0 seconds, got -1" in err and "Traceback" not in err
+
+
 def test_prototxts_unknown_net_is_a_one_line_error(tmp_path, capsys):
     from pda_repro import cli
 

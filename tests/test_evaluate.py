@@ -485,14 +485,26 @@ def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatc
     )
     monkeypatch.setattr(fx_plans, "plan_for", lambda model, profile: plan)
     monkeypatch.setattr(fx_maps, "faithfulness_cache", lambda: tmp_path / "cache")
+    monkeypatch.setattr(fx_maps, "faithfulness_store", lambda: tmp_path / "store")
     store = ResultStore(tmp_path / "results", "test-env")
     ctx = BenchContext(store=store)
-    # `warm` fills the caches (every map and metric evaluation, each once); the cells then only read them
+    said = []
+    assert fx_warm.warm(ctx, "mnist", say=said.append, stop_after=0) == 0  # no task starts after the limit
+    assert said and said[-1].startswith("stopped after 0 s") and not (tmp_path / "store").exists()
+    # `warm` computes every map and metric evaluation, each once; the cells then only read them
     ran = fx_warm.warm(ctx, "mnist", say=lambda m: None)
     st = fx_maps._STATES[(id(ctx), "mnist", "torch")]
     assert ran == len(fx_warm.warm_tasks(st)) and st.cpu_seconds > 0
     computed = st.cpu_seconds
     assert not list((tmp_path / "cache" / "mnist" / "locks").iterdir())
+    # the window maps and every evaluation are kept in the store, the one-pass maps and checkpoints in the cache
+    name = st.images[0][0]
+    stored = {p.name.split("-")[0] for p in (tmp_path / "store" / "mnist" / name).glob("*.npz")}
+    cached = {p.name.split("-")[0] for p in (tmp_path / "cache" / "mnist" / name).glob("*.npz")}
+    assert stored == {"pda", "pda_seed1", "epda"} and cached == {"saliency"}
+    evals = {p.name.split("-")[1] for p in (tmp_path / "store" / "mnist" / name).glob("eval-*.json")}
+    assert evals == set(plan.evaluate)
+    assert not list((tmp_path / "cache").rglob("*.checkpoint.npz"))  # removed once each map is saved
     report = run_cells(ctx, fx_cells.cells(ctx, ["mnist"], ["torch"]), show_progress=False)
     assert len(report.written) == 3 and not report.not_run
     assert st.cpu_seconds == computed  # no map made twice

@@ -231,9 +231,10 @@ def _configure_measurements(sub: Any, formatter: Any) -> None:
     )
     w = sub.add_parser(
         "warm",
-        help="compute the faithfulness maps and metric evaluations into the caches (run several at once)",
-        description="Compute every map and metric evaluation of a model's faithfulness plan into the caches, "
-        "each task claimed with a lock file, so that several processes share the work; "
+        help="compute the faithfulness maps and metric evaluations ahead of the cells (run several at once)",
+        description="Compute every map and metric evaluation of a model's faithfulness plan into "
+        "results/faithfulness/ (the window maps and evaluations) and the cache (one-pass maps), each task "
+        "claimed with a lock file, so that several processes share the work; "
         "`benchmark run --experiments faithfulness` then reads them.",
         formatter_class=formatter,
     )
@@ -241,6 +242,13 @@ def _configure_measurements(sub: Any, formatter: Any) -> None:
     w.add_argument("--profile", default="quick", choices=("quick", "paper"))
     w.add_argument("--threads", type=threads, default=1, help="threads per library; 0 = library defaults")
     w.add_argument("--seed", type=int, default=0)
+    w.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="start no new task after this many seconds (the task under way is finished)",
+    )
 
 
 def _run_measurement(args: argparse.Namespace) -> int:
@@ -283,7 +291,14 @@ def _run_measurement(args: argparse.Namespace) -> int:
         )
         limit_threads(settings.thread_limit)
         ctx = BenchContext(store=ResultStore(RESULTS_DIR, env_name()), settings=settings)
-        n = warm(ctx, args.model, say=lambda m: print(m, flush=True))
+        if args.stop_after is not None and args.stop_after < 0:
+            raise ValueError(f"--stop-after must be >= 0 seconds, got {args.stop_after}")
+        from pda_repro.bench.cells import CellSkipped
+
+        try:
+            n = warm(ctx, args.model, say=lambda m: print(m, flush=True), stop_after=args.stop_after)
+        except CellSkipped as exc:
+            raise ValueError(f"benchmark warm --model {args.model}: {exc}") from None
         print(f"done: {n} tasks", flush=True)
     return 0
 

@@ -1,6 +1,8 @@
-"""The maps of a faithfulness plan and their metric evaluations, each computed once and cached on disk
-(``faithfulness_cache()``), or read from results/qualitative/ where the qualitative figures made the very
-same map. Seeds: pda_repro.seeding streams of the run seed, the run's seed and the image name."""
+"""The maps of a faithfulness plan and their metric evaluations, each computed once and kept on disk, or read
+from results/qualitative/ where the qualitative figures made the very same map. The window maps (hours of CPU
+in all) and every evaluation are kept in results/faithfulness/ (``faithfulness_store()``, committed: a later run
+on any machine reads them); one-pass maps, checkpoints and task locks in ``faithfulness_cache()``. Seeds:
+pda_repro.seeding streams of the run seed, the run's seed and the image name."""
 
 from __future__ import annotations
 
@@ -21,13 +23,20 @@ from pda_repro.bench.results import REPO_ROOT, atomic_save_npz
 from pda_repro.io import atomic_writer
 from pda_repro.paths import cache_dir
 
-__all__ = ["PlanState", "coverage", "evaluation", "faithfulness_cache", "plan_state"]
+__all__ = ["PlanState", "coverage", "evaluation", "faithfulness_cache", "faithfulness_store", "plan_state"]
 
 QUALITATIVE = REPO_ROOT / "results" / "qualitative"
+STORED_METHODS = ("pda", "epda", "epda_sampled", "occlusion")  # one evaluation per window: kept in the store
+
+
+def faithfulness_store() -> Path:
+    """results/faithfulness/<model>/<image>/: the window maps and every metric evaluation (committed)."""
+    return REPO_ROOT / "results" / "faithfulness"
 
 
 def faithfulness_cache() -> Path:
-    """Where the computed maps, their checkpoints, evaluations and task locks are kept."""
+    """Where the one-pass maps (recomputed in about a second), the window maps' checkpoints and the task locks
+    are kept."""
     return cache_dir("faithfulness")
 
 
@@ -161,7 +170,10 @@ class PlanState:
         if run.stride is not None:
             kwargs["stride"] = run.stride
         # window methods keep their running sums in a checkpoint beside the map: an interrupted map resumes
-        ckpt = path.with_name(path.stem + ".checkpoint.npz") if METHODS[run.method].checkpointable else None
+        ckpt = None
+        if METHODS[run.method].checkpointable:
+            ckpt = faithfulness_cache() / self.plan.model / name / f"{path.stem}.checkpoint.npz"
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
         if ckpt is not None:
             kwargs.update(checkpoint=ckpt, keep_checkpoint=True)
         resumed = ckpt is not None and ckpt.is_file()  # cpu_seconds then counts only the resumed part
@@ -187,11 +199,13 @@ class PlanState:
                 "root_seed": self.ctx.settings.seed}  # fmt: skip
 
     def map_path(self, run: MapRun, name: str, cls: int) -> Path:
-        """Where the computed map of `run` on photo `name` is cached (the request's digest in its name)."""
+        """Where the computed map of `run` on photo `name` is kept (the request's digest in its name): the store
+        for a window method, the cache for a one-pass map."""
         digest = hashlib.sha256(
             json.dumps(self.request(run, name, cls), sort_keys=True).encode()
         ).hexdigest()[:16]
-        return faithfulness_cache() / self.plan.model / name / f"{run.key}-{digest}.npz"
+        root = faithfulness_store() if run.method in STORED_METHODS else faithfulness_cache()
+        return root / self.plan.model / name / f"{run.key}-{digest}.npz"
 
 
 _STATES: dict[tuple[int, str, str], PlanState] = {}
@@ -227,7 +241,7 @@ def fills(st: PlanState, i: int) -> dict[str, np.ndarray]:
 
 
 def evaluation(st: PlanState, key: str, i: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(scores, curves) of run `key`'s map on image i: every metric of evaluate_map, cached on disk under a
+    """(scores, curves) of run `key`'s map on image i: every metric of evaluate_map, kept in the store under a
     digest of the map and the metric settings (an interrupted faithfulness cell resumes image by image)."""
     from pda_repro.evaluate import evaluate_map
 
@@ -238,7 +252,7 @@ def evaluation(st: PlanState, key: str, i: int) -> tuple[dict[str, Any], list[di
                 "fills": list(plan.fills), "rng": [st.ctx.settings.seed, 7, i], "backend": st.backend,
                 "map": hashlib.sha256(np.ascontiguousarray(m, dtype=np.float32).tobytes()).hexdigest()}  # fmt: skip
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    path = faithfulness_cache() / plan.model / name / f"eval-{key}-{digest}.json"
+    path = faithfulness_store() / plan.model / name / f"eval-{key}-{digest}.json"
     if path.is_file():
         saved = json.loads(path.read_text())
         return saved["scores"], saved["curves"]

@@ -13,6 +13,7 @@ __all__ = ["CONTROLS", "FIG14_PHOTOS", "MapRun", "Plan", "plan_for"]
 
 CONTROLS = ("random", "constant")
 FIG14_PHOTOS = ("coffee", "orange", "squirrel_cls", "baboon", "messi5")  # the photos of Figs 14-16 and 19
+EPDA_STRIDE1 = 27  # EfficientNet-Lite0 photos with an efficient PDA map at stride 1 (the Fig 14 photos first)
 
 
 @dataclass(frozen=True)
@@ -203,29 +204,32 @@ def _lite0_plan(profile: str) -> Plan:
                     "all real photos (scikit-image, matplotlib, opencv-doc)", runs, evaluate, pairs,
                     randomise)  # fmt: skip
     # quick: all 27 photos (the five Fig 14 photos first, so `images=n` are the first n of them): the gradient
-    # baselines, simplified, efficient PDA at stride 10 and the controls on every photo; the maps of the qualitative
-    # figures (Fig 14/15/19, stride 5 and 1) on the Fig 14 photos; PDA at stride 10 with two seeds and efficient PDA
-    # at strides 2 and 4 on the first photos only (their CPU cost: the maps' meta in faithfulness.json)
+    # baselines, simplified, efficient PDA and occlusion at stride 10, PDA at stride 10 with two seeds and the
+    # controls on every photo; the maps of the qualitative figures (Fig 14/15/19, stride 5 and 1) and efficient
+    # PDA at strides 2 and 4 on the Fig 14 photos; efficient PDA at stride 1 on the first EPDA_STRIDE1 photos
+    # (their CPU cost: the maps' meta in faithfulness.json)
     f5 = len(FIG14_PHOTOS)
     runs = (
         MapRun("pda_s5", "pda", 5, 0, c, reuse="pda", images=f5),
         MapRun("epda_s5", "epda", 5, 0, c, reuse="epda", images=f5),
-        MapRun("epda", "epda", 1, 0, c, reuse="epda_full", images=f5),
+        MapRun("epda", "epda", 1, 0, c, reuse="epda_full", images=EPDA_STRIDE1),
         MapRun("epda_sampled_s5", "epda_sampled", 5, 0, c, reuse="epda_sampled", images=f5),
         MapRun("simplified", "simplified", 1, 0, c, reuse="simplified_full"),
         MapRun("occlusion_s5", "occlusion", 5, reuse="occlusion", images=f5),
+        MapRun("occlusion_s10", "occlusion", 10),
         *_gradient_baselines(reuse=True),
-        MapRun("epda_s2", "epda", 2, 0, c, images=3),
-        MapRun("epda_s4", "epda", 4, 0, c, images=2),
-        MapRun("pda_s10", "pda", 10, 0, c, images=2),
-        MapRun("pda_s10_seed1", "pda", 10, 1, c, images=2),
+        MapRun("epda_s2", "epda", 2, 0, c, images=f5),
+        MapRun("epda_s4", "epda", 4, 0, c, images=f5),
+        MapRun("pda_s10", "pda", 10, 0, c),
+        MapRun("pda_s10_seed1", "pda", 10, 1, c),
         MapRun("epda_s10", "epda", 10, 0, c),
-        MapRun("epda_s5_shift", "epda", 5, 0, "conditional_shift", images=2),
+        MapRun("epda_s5_shift", "epda", 5, 0, "conditional_shift", images=f5),
         *_CONTROL_RUNS,
     )
     pairs = (
         ("pda_vs_pda_other_seed", "pda_s10", "pda_s10_seed1"),
         ("pda_vs_epda", "pda_s10", "epda_s10"),
+        ("pda_vs_occlusion", "pda_s10", "occlusion_s10"),
         ("pda_vs_epda", "pda_s5", "epda_s5"),
         ("pda_vs_epda_sampled", "pda_s5", "epda_sampled_s5"),
         ("epda_vs_epda_sampled", "epda_s5", "epda_sampled_s5"),
@@ -242,7 +246,8 @@ def _lite0_plan(profile: str) -> Plan:
         ("control_epda_vs_random", "epda_s5", "random"),
     )
     evaluate = ("pda_s5", "pda_s10", "epda_s5", "epda", "epda_s2", "epda_s10", "epda_sampled_s5", "simplified",
-                "occlusion_s5", "saliency", "gradient_x_input", "gradcam", "random", "constant")  # fmt: skip
+                "occlusion_s5", "occlusion_s10", "saliency", "gradient_x_input", "gradcam", "random",
+                "constant")  # fmt: skip
     randomise = (
         ("saliency", f5),
         ("gradient_x_input", f5),
@@ -270,12 +275,19 @@ def _lite0_plan(profile: str) -> Plan:
         notes={
             "scale": "reduced plan: each map at the stride and on the images its entry under `maps` names"
         },
-        # efficient PDA on every photo (stride 10), then the noise floor and strides 4 and 2 photo by photo
+        # efficient PDA on every photo (stride 10), then photo by photo the noise floor (PDA stride 10, two
+        # seeds) and, on the Fig 14 photos, strides 4 and 2 and the border mode; occlusion at stride 10; the
+        # stride-1 maps (the dearest) last
         warm_first=(
             ("epda_s10", None),
-            *((k, n) for n in range(1, 3) for k in ("pda_s10", "pda_s10_seed1", "epda_s4")),
-            ("epda_s5_shift", None),
-            ("epda_s2", None),
+            *(
+                (k, n)
+                for n in range(1, f5 + 1)
+                for k in ("pda_s10", "pda_s10_seed1", "epda_s4", "epda_s5_shift")
+            ),
+            *((k, n) for n in range(1, f5 + 1) for k in ("epda_s2",)),
+            *((k, n) for n in range(f5 + 1, 28) for k in ("pda_s10", "pda_s10_seed1")),
+            ("occlusion_s10", None),
         ),
     )
 

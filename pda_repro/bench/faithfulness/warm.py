@@ -1,6 +1,6 @@
-"""Warming the faithfulness caches from several processes: every map and metric evaluation a plan's
-cells need, each task claimed with a lock file (`pda-repro benchmark warm --model M`, one per core);
-the cells then only read the caches."""
+"""Computing the faithfulness maps and evaluations from several processes: every map and metric evaluation a
+plan's cells need, each task claimed with a lock file (`pda-repro benchmark warm --model M`, one per core);
+the cells then only read them."""
 
 from __future__ import annotations
 
@@ -86,10 +86,18 @@ def _claim(lock: Path) -> bool:
     return False
 
 
-def warm(ctx: BenchContext, model: str, backend: str = "torch", say: Callable[[str], None] = print) -> int:
-    """Compute every map and metric evaluation of `model`'s plan into the caches, claiming each task with a
+def warm(
+    ctx: BenchContext,
+    model: str,
+    backend: str = "torch",
+    say: Callable[[str], None] = print,
+    stop_after: float | None = None,
+) -> int:
+    """Compute every map and metric evaluation of `model`'s plan ahead of its cells, claiming each task with a
     lock file so that several processes (one thread each) share the work; a killed process's map resumes
-    from its checkpoint. Returns the number of tasks this process ran. The cells then read the caches."""
+    from its checkpoint. No new task starts `stop_after` seconds (wall clock) after the call. Returns the
+    number of tasks this process ran. The cells then read the maps and evaluations."""
+    deadline = None if stop_after is None else time.monotonic() + stop_after
     plan = plans.plan_for(model, ctx.settings.profile)
     if plan is None:
         raise ValueError(f"no faithfulness plan for {model!r}")
@@ -98,7 +106,10 @@ def warm(ctx: BenchContext, model: str, backend: str = "torch", say: Callable[[s
     ran, pending = 0, warm_tasks(st)
     while pending:
         left = []
-        for task in pending:
+        for n, task in enumerate(pending):
+            if deadline is not None and time.monotonic() >= deadline:
+                say(f"stopped after {stop_after:g} s: {len(pending) - n + len(left)} tasks left")
+                return ran
             cost, kind, key, i = task
             run, (name, _) = plan.run(key), st.images[i]
             if (
