@@ -617,3 +617,29 @@ def test_warm_locks_are_taken_over_only_from_a_dead_process(tmp_path):
     )
     lock.write_text(done.stdout.strip())  # a process that has exited
     assert _claim(lock) and lock.read_text() == str(os.getpid())
+
+
+def test_fig14_claim_compares_pda_and_epda_at_each_stride_on_the_most_images_they_share(rng):
+    """The README's Fig 14 line: one per stride at which both PDA and efficient PDA were evaluated, over the
+    images both share; a metric whose intervals separate names the better map, overlapping ones say so."""
+    from pda_repro.bench.faithfulness_figures import ranking_groups
+    from pda_repro.bench.faithfulness_report import _ranking_claims
+
+    rows = []
+    for i in range(27):
+        for key, stride, shift in (("pda_s10", 10, 0.0), ("epda_s10", 10, -0.3), ("simplified", 1, 0.0)):
+            rows.append({"model": "m", "image": f"im{i}", "map": key, "stride": stride,
+                         "deletion_auc_mean": 0.5 + shift + 0.01 * rng.standard_normal(),
+                         "insertion_auc_mean": 0.5 + 0.01 * rng.standard_normal()})  # fmt: skip
+    for i in range(5):
+        for key in ("pda_s5", "epda_s5"):
+            rows.append({"model": "m", "image": f"im{i}", "map": key, "stride": 5,
+                         "deletion_auc_mean": 0.5 + 0.01 * rng.standard_normal(),
+                         "insertion_auc_mean": 0.5 + 0.01 * rng.standard_normal()})  # fmt: skip
+    lines = [x for x in _ranking_claims(ranking_groups(pd.DataFrame(rows))) if x]
+    assert len(lines) == 2
+    s10, s5 = lines
+    assert "pda_s10 (s10) vs epda_s10 (s10) on 27 images" in s10
+    assert "deletion AUC, mean fill: efficient PDA better" in s10  # lower deletion AUC, intervals apart
+    assert "insertion AUC, mean fill: no clear difference" in s10
+    assert "pda_s5 (s5) vs epda_s5 (s5) on 5 images" in s5
