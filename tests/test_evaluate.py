@@ -643,3 +643,54 @@ def test_fig14_claim_compares_pda_and_epda_at_each_stride_on_the_most_images_the
     assert "deletion AUC, mean fill: efficient PDA better" in s10  # lower deletion AUC, intervals apart
     assert "insertion AUC, mean fill: no clear difference" in s10
     assert "pda_s5 (s5) vs epda_s5 (s5) on 5 images" in s5
+
+
+def test_an_interrupted_faithfulness_map_resumes_from_its_checkpoint_in_the_cache(tmp_path, monkeypatch):
+    """A map interrupted mid-way (a killed `benchmark warm`) leaves its checkpoint in the cache, never in the
+    store; the next call resumes it and stores the map the uninterrupted run makes."""
+    import dataclasses
+    import importlib
+
+    from pda_repro.bench.context import BenchContext
+    from pda_repro.bench.faithfulness import maps as fx_maps
+    from pda_repro.bench.faithfulness import plans as fx_plans
+    from pda_repro.bench.inputs import mnist_inputs
+    from pda_repro.bench.results import ResultStore
+
+    full = fx_plans.plan_for("mnist", "quick")
+    plan = dataclasses.replace(full, images=lambda spec: mnist_inputs(spec, "test", 1),
+                               runs=tuple(r for r in full.runs if r.key == "pda"))  # fmt: skip
+    explain_module = importlib.import_module(
+        "pda_repro.explain"
+    )  # the module (the package exports the function)
+    original = explain_module.explain
+
+    def states(root):
+        monkeypatch.setattr(fx_maps, "faithfulness_cache", lambda: root / "cache")
+        monkeypatch.setattr(fx_maps, "faithfulness_store", lambda: root / "store")
+        fx_maps._STATES.clear()
+        ctx = BenchContext(store=ResultStore(root / "results", "test-env"))
+        return fx_maps.plan_state(ctx, plan, "torch")
+
+    reference = states(tmp_path / "a").get("pda", 0)[0]  # uninterrupted
+
+    def interrupted(*args, **kwargs):
+        def stop(done: int, total: int) -> None:
+            if done >= 3000:  # past the first chunk of 2,560 evaluations
+                raise KeyboardInterrupt
+
+        return original(*args, **kwargs, callback=stop, checkpoint_batches=1)
+
+    st = states(tmp_path / "b")
+    monkeypatch.setattr(explain_module, "explain", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        st.get("pda", 0)
+    name = st.images[0][0]
+    assert [p.name for p in (tmp_path / "b" / "cache" / "mnist" / name).glob("*.checkpoint.npz")]
+    assert not list((tmp_path / "b" / "store").rglob("*.npz"))  # nothing half-made in the store
+    monkeypatch.setattr(explain_module, "explain", original)
+    m, meta = st.get("pda", 0)
+    assert meta["resumed"] is True
+    np.testing.assert_allclose(m, reference, rtol=0, atol=1e-6)
+    assert not list((tmp_path / "b" / "cache").rglob("*.checkpoint.npz"))
+    assert len(list((tmp_path / "b" / "store" / "mnist" / name).glob("pda-*.npz"))) == 1
