@@ -245,6 +245,17 @@ def test_relu_variants_values_and_gradients():
     (grad,) = torch.autograd.grad(y.sum(), x)
     # Caffe: ((x > 0) + slope * (x <= 0)) * (x < threshold)
     np.testing.assert_allclose(grad.numpy(), [0.1, 0.1, 1.0, 0.0, 0.0])
+    # no slope (EfficientNet-Lite0's ReLU6): the gradient is 0 at x = 0 as well
+    plain6 = _net(
+        'layer { name: "r" type: "ReLU6" bottom: "data" top: "r" relu6_param { threshold: 6 } }', (5,)
+    )
+    y = plain6.run(x, ["r"])["r"]
+    np.testing.assert_array_equal(y.detach().numpy(), [0.0, 0.0, 3.0, 6.0, 6.0])
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    np.testing.assert_array_equal(grad.numpy(), [0.0, 0.0, 1.0, 0.0, 0.0])
+    r = torch.randn(4096, dtype=torch.float32, generator=torch.Generator().manual_seed(0)) * 8
+    ref = torch.where(r < 6.0, torch.relu(r), torch.full_like(r, 6.0))  # Caffe's formula, bitwise
+    assert torch.equal(plain6.by_name["r"].forward(r)[0], ref)
     leaky = _net(
         'layer { name: "r" type: "ReLU" bottom: "data" top: "r" relu_param { negative_slope: 0.25 } }', (5,)
     )

@@ -118,6 +118,9 @@ class ReLU6(CaffeLayer):
         self.threshold = layer.relu6_param.threshold
 
     def forward(self, x):
+        if not self.slope and self.threshold > 0:
+            # the same values and gradient (0 at x <= 0 and x >= threshold) in one kernel, not four
+            return [F.hardtanh(x, 0.0, self.threshold)]
         rectified = F.leaky_relu(x, self.slope) if self.slope else F.relu(x)
         return [torch.where(x < self.threshold, rectified, torch.full_like(x, self.threshold))]
 
