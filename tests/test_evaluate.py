@@ -469,6 +469,7 @@ def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatc
     from pda_repro.bench.results_readme import write_readme
 
     full = fx_plans.plan_for("mnist", "quick")
+    lite0_stored = fx_plans.plan_for("efficientnet_lite0", "quick").stored
     keep = ("pda", "pda_seed1", "epda", "saliency", "random", "constant")
     plan = dataclasses.replace(
         full,
@@ -482,6 +483,7 @@ def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatc
         randomise=(("epda", 1), ("saliency", None)),
         steps=6,
         fc_runs=5,
+        stored=True,  # as EfficientNet-Lite0's plan
     )
     monkeypatch.setattr(fx_plans, "plan_for", lambda model, profile: plan)
     monkeypatch.setattr(fx_maps, "faithfulness_cache", lambda: tmp_path / "cache")
@@ -505,6 +507,13 @@ def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatc
     evals = {p.name.split("-")[1] for p in (tmp_path / "store" / "mnist" / name).glob("eval-*.json")}
     assert evals == set(plan.evaluate)
     assert not list((tmp_path / "cache").rglob("*.checkpoint.npz"))  # removed once each map is saved
+    # a plan not marked `stored` (MNIST's own: it recomputes in minutes) keeps everything in the cache
+    assert not full.stored and lite0_stored
+    unstored = fx_maps.PlanState(ctx, dataclasses.replace(plan, stored=False), "torch")
+    path = unstored.map_path(plan.run("pda"), name, st.classes[0])
+    assert path.is_relative_to(tmp_path / "cache") and path.name in {
+        p.name for p in (tmp_path / "store").rglob("pda-*")
+    }
     report = run_cells(ctx, fx_cells.cells(ctx, ["mnist"], ["torch"]), show_progress=False)
     assert len(report.written) == 3 and not report.not_run
     assert st.cpu_seconds == computed  # no map made twice
@@ -659,7 +668,7 @@ def test_an_interrupted_faithfulness_map_resumes_from_its_checkpoint_in_the_cach
 
     full = fx_plans.plan_for("mnist", "quick")
     plan = dataclasses.replace(full, images=lambda spec: mnist_inputs(spec, "test", 1),
-                               runs=tuple(r for r in full.runs if r.key == "pda"))  # fmt: skip
+                               runs=tuple(r for r in full.runs if r.key == "pda"), stored=True)  # fmt: skip
     explain_module = importlib.import_module(
         "pda_repro.explain"
     )  # the module (the package exports the function)

@@ -1,7 +1,8 @@
 """The maps of a faithfulness plan and their metric evaluations, each computed once and kept on disk, or read
 from results/qualitative/ where the qualitative figures made the very same map. The window maps (hours of CPU
-in all) and every evaluation are kept in results/faithfulness/ (``faithfulness_store()``, committed: a later run
-on any machine reads them); one-pass maps, checkpoints and task locks in ``faithfulness_cache()``. Seeds:
+in all) and every evaluation of a plan marked `stored` are kept in results/faithfulness/ (``faithfulness_store()``,
+committed: a later run on any machine reads them); one-pass maps, the other plans' maps and evaluations (MNIST's
+whole plan recomputes in minutes), checkpoints and task locks in ``faithfulness_cache()``. Seeds:
 pda_repro.seeding streams of the run seed, the run's seed and the image name."""
 
 from __future__ import annotations
@@ -200,11 +201,12 @@ class PlanState:
 
     def map_path(self, run: MapRun, name: str, cls: int) -> Path:
         """Where the computed map of `run` on photo `name` is kept (the request's digest in its name): the store
-        for a window method, the cache for a one-pass map."""
+        for a window method of a stored plan, the cache otherwise."""
         digest = hashlib.sha256(
             json.dumps(self.request(run, name, cls), sort_keys=True).encode()
         ).hexdigest()[:16]
-        root = faithfulness_store() if run.method in STORED_METHODS else faithfulness_cache()
+        stored = self.plan.stored and run.method in STORED_METHODS
+        root = faithfulness_store() if stored else faithfulness_cache()
         return root / self.plan.model / name / f"{run.key}-{digest}.npz"
 
 
@@ -241,8 +243,8 @@ def fills(st: PlanState, i: int) -> dict[str, np.ndarray]:
 
 
 def evaluation(st: PlanState, key: str, i: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(scores, curves) of run `key`'s map on image i: every metric of evaluate_map, kept in the store under a
-    digest of the map and the metric settings (an interrupted faithfulness cell resumes image by image)."""
+    """(scores, curves) of run `key`'s map on image i: every metric of evaluate_map, kept (the store for a stored
+    plan) under a digest of the map and the metric settings (an interrupted cell resumes image by image)."""
     from pda_repro.evaluate import evaluate_map
 
     plan = st.plan
@@ -252,7 +254,8 @@ def evaluation(st: PlanState, key: str, i: int) -> tuple[dict[str, Any], list[di
                 "fills": list(plan.fills), "rng": [st.ctx.settings.seed, 7, i], "backend": st.backend,
                 "map": hashlib.sha256(np.ascontiguousarray(m, dtype=np.float32).tobytes()).hexdigest()}  # fmt: skip
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    path = faithfulness_store() / plan.model / name / f"eval-{key}-{digest}.json"
+    root = faithfulness_store() if plan.stored else faithfulness_cache()
+    path = root / plan.model / name / f"eval-{key}-{digest}.json"
     if path.is_file():
         saved = json.loads(path.read_text())
         return saved["scores"], saved["curves"]

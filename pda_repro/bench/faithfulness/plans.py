@@ -51,6 +51,8 @@ class Plan:
         "zeros",
     )  # deletion / insertion fills (the first one: correlation)
     qualitative_set: str | None = None
+    # keep the window maps and the evaluations in results/faithfulness/ (committed: hours of CPU), not the cache
+    stored: bool = False
     notes: dict[str, str] = field(default_factory=dict)
     # `warm` runs the maps (and their metrics) of these (run key, first n images or None) first, in this
     # order, then everything else cheapest first
@@ -202,7 +204,7 @@ def _lite0_plan(profile: str) -> Plan:
         )
         return Plan("efficientnet_lite0", profile, 10, 18, 10, 4, _photo_images(None),
                     "all real photos (scikit-image, matplotlib, opencv-doc)", runs, evaluate, pairs,
-                    randomise)  # fmt: skip
+                    randomise, stored=True)  # fmt: skip
     # quick: all 27 photos (the five Fig 14 photos first, so `images=n` are the first n of them): the gradient
     # baselines, simplified, efficient PDA and occlusion at stride 10, PDA at stride 10 with two seeds and the
     # controls on every photo; the maps of the qualitative figures (Fig 14/15/19, stride 5 and 1) and efficient
@@ -272,6 +274,7 @@ def _lite0_plan(profile: str) -> Plan:
         randomise=randomise,
         fills=("mean",),
         qualitative_set="efficientnet_lite0",
+        stored=True,
         notes={
             "scale": "reduced plan: each map at the stride and on the images its entry under `maps` names"
         },
