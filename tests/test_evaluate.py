@@ -537,7 +537,11 @@ def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatc
     rand = store.read("faithfulness_randomisation")
     assert set(rand["level"]) == {"top1", "all"} and len(rand) == 2 * (1 + 1)
     assert not store.read("faithfulness_curves").empty
+    stale = tmp_path / "results" / "figures" / "faithfulness_ranking_mnist_test-env_3images.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an image set of an earlier run")
     pngs = render_faithfulness(store.dir, tmp_path / "results" / "figures")
+    assert not stale.exists()
     assert {p.name for p in pngs} == {
         "faithfulness_ranking_mnist_test-env.png",
         "faithfulness_curves_mnist_test-env.png",

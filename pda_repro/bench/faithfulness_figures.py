@@ -192,6 +192,9 @@ def render_faithfulness(env_dir: Path, out: Path) -> list[Path]:
             ranking = faithfulness_ranking(rows)
             name = None if j == 0 else f"faithfulness_ranking_{model}_{env}_{len(images)}images.png"
             done.append(plot_faithfulness_ranking(ranking, model, env, out, f"{len(images)} images", name))
+        for old in out.glob(f"faithfulness_ranking_{model}_{env}_*images.png"):
+            if old not in done:  # an image set the maps no longer share
+                old.unlink()
         if not curves.empty and (curves["model"] == model).any():
             note = f"mean over the images each map was evaluated on (up to {n})"
             done.append(plot_faithfulness_curves(curves, model, env, out, note))
