@@ -13,7 +13,7 @@ __all__ = ["CONTROLS", "FIG14_PHOTOS", "MapRun", "Plan", "plan_for"]
 
 CONTROLS = ("random", "constant")
 FIG14_PHOTOS = ("coffee", "orange", "squirrel_cls", "baboon", "messi5")  # the photos of Figs 14-16 and 19
-EPDA_STRIDE1 = 27  # EfficientNet-Lite0 photos with an efficient PDA map at stride 1 (the Fig 14 photos first)
+EPDA_STRIDE1 = 11  # EfficientNet-Lite0 photos with an efficient PDA map at stride 1 (the Fig 14 photos first)
 
 
 @dataclass(frozen=True)
