@@ -247,9 +247,12 @@ def test_interrupt_then_rerun_resumes_to_the_same_maps(work, digit_png, mnist_ar
     ckpt_dir = out / ".checkpoints"
     env = cli_env()
     cmd = [*CLI, "explain", str(digit_png), *map(str, slow), "--out", str(out)]
+    # SIGINT at its default in the child (a job started in the background inherits it ignored, and Python then
+    # keeps ignoring it), so Ctrl-C reaches the CLI as it does in a terminal
     child = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env
-    )
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and child.poll() is None:
         if ckpt_dir.is_dir() and any(p.suffix == ".npz" for p in ckpt_dir.iterdir()):
