@@ -135,7 +135,7 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
 def _configure_measurements(sub: Any, formatter: Any) -> None:
     """The stand-alone measurements: batch, sampler, parallel, module, and the faithfulness warm-up."""
     from pda_repro.bench import batch_size, incremental_module, parallel_speed
-    from pda_repro.cli.argtypes import int_at_least, non_negative_int, positive_int
+    from pda_repro.cli.argtypes import float_at_least, int_at_least, non_negative_int, positive_int
 
     threads = int_at_least(0, " (0: library defaults)")
     results = {"default": str(RESULTS_DIR), "help": "results directory"}
@@ -244,7 +244,7 @@ def _configure_measurements(sub: Any, formatter: Any) -> None:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument(
         "--stop-after",
-        type=float,
+        type=float_at_least(0.0, "seconds"),
         default=None,
         metavar="SECONDS",
         help="start no new task after this many seconds (the task under way is finished)",
@@ -291,8 +291,6 @@ def _run_measurement(args: argparse.Namespace) -> int:
         )
         limit_threads(settings.thread_limit)
         ctx = BenchContext(store=ResultStore(RESULTS_DIR, env_name()), settings=settings)
-        if args.stop_after is not None and args.stop_after < 0:
-            raise ValueError(f"--stop-after must be >= 0 seconds, got {args.stop_after}")
         from pda_repro.bench.cells import CellSkipped
 
         try:

@@ -41,6 +41,10 @@ def faithfulness_cache() -> Path:
     return cache_dir("faithfulness")
 
 
+def _kept_in(stored: bool) -> Path:
+    return faithfulness_store() if stored else faithfulness_cache()
+
+
 @dataclass
 class PlanState:
     """What the cells of one model share: the net, samplers, images and their maps (loaded once)."""
@@ -175,7 +179,6 @@ class PlanState:
         if METHODS[run.method].checkpointable:
             ckpt = faithfulness_cache() / self.plan.model / name / f"{path.stem}.checkpoint.npz"
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-        if ckpt is not None:
             kwargs.update(checkpoint=ckpt, keep_checkpoint=True)
         resumed = ckpt is not None and ckpt.is_file()  # cpu_seconds then counts only the resumed part
         t0 = time.process_time()
@@ -205,8 +208,7 @@ class PlanState:
         digest = hashlib.sha256(
             json.dumps(self.request(run, name, cls), sort_keys=True).encode()
         ).hexdigest()[:16]
-        stored = self.plan.stored and run.method in STORED_METHODS
-        root = faithfulness_store() if stored else faithfulness_cache()
+        root = _kept_in(self.plan.stored and run.method in STORED_METHODS)
         return root / self.plan.model / name / f"{run.key}-{digest}.npz"
 
 
@@ -254,8 +256,7 @@ def evaluation(st: PlanState, key: str, i: int) -> tuple[dict[str, Any], list[di
                 "fills": list(plan.fills), "rng": [st.ctx.settings.seed, 7, i], "backend": st.backend,
                 "map": hashlib.sha256(np.ascontiguousarray(m, dtype=np.float32).tobytes()).hexdigest()}  # fmt: skip
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    root = faithfulness_store() if plan.stored else faithfulness_cache()
-    path = root / plan.model / name / f"eval-{key}-{digest}.json"
+    path = _kept_in(plan.stored) / plan.model / name / f"eval-{key}-{digest}.json"
     if path.is_file():
         saved = json.loads(path.read_text())
         return saved["scores"], saved["curves"]
