@@ -154,10 +154,11 @@ def full_outputs(net: CaffeNet, x: np.ndarray, rows, cols, patches) -> tuple[np.
     )
 
 
-def incremental_outputs(net, x, rows, cols, patches, batch, spatial_batch=None):
+def incremental_outputs(net, x, rows, cols, patches, batch, spatial_batch=None, channels_last=True):
     engine = IncrementalEngine(caffe_graph(net))
     with torch.no_grad():
-        state = engine.prepare(torch.from_numpy(x[None]))
+        state = engine.prepare(torch.from_numpy(x[None]), channels_last=channels_last)
+        stored = {v: t.clone() for v, t in state.values.items()}
         parts = [
             engine.forward_windows(
                 state,
@@ -168,15 +169,18 @@ def incremental_outputs(net, x, rows, cols, patches, batch, spatial_batch=None):
             )  # fmt: skip
             for s in range(0, len(rows), batch)
         ]
+    # forward_windows never writes into the stored activations
+    assert all(torch.equal(state.values[v], t) for v, t in stored.items())
     return (
         np.concatenate([p["prob"].reshape(p["prob"].shape[0], -1).numpy() for p in parts]),
         np.concatenate([p["logits"].reshape(p["logits"].shape[0], -1).numpy() for p in parts]),
     )
 
 
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])
 @pytest.mark.parametrize("name", sorted(NETS))
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 8, 16])
-def test_tiny_nets_float64_equal_full_inference(name, k, rng):
+def test_tiny_nets_float64_equal_full_inference(name, k, channels_last, rng):
     net = caffe_net(NETS[name], rng)
     _, c, h, w = net.shapes.inputs["data"]
     x = rng.normal(0, 1, (c, h, w))
@@ -187,7 +191,7 @@ def test_tiny_nets_float64_equal_full_inference(name, k, rng):
     with torch.no_grad():
         ref_p, ref_l = full_outputs(net, x, rows, cols, patches)
     for batch, spatial in ((1, None), (4, None), (len(rows), None), (len(rows), 3)):
-        got_p, got_l = incremental_outputs(net, x, rows, cols, patches, batch, spatial)
+        got_p, got_l = incremental_outputs(net, x, rows, cols, patches, batch, spatial, channels_last)
         np.testing.assert_allclose(got_l, ref_l, rtol=0, atol=1e-10, err_msg=f"{name} k={k} batch={batch}")
         np.testing.assert_allclose(got_p, ref_p, rtol=0, atol=1e-10, err_msg=f"{name} k={k} batch={batch}")
     # the windows really change the output (a test that cannot fail would not notice a no-op engine)

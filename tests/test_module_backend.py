@@ -426,6 +426,9 @@ def test_incremental_benchmark_row_and_readme_table(tmp_path):
         cost.ideal_ratio(net._incremental_engine().graph, 10, rows, cols)
     )
     assert row["windows_evaluated"] == 32 and row["max_abs_dprob"] < 1e-5 and row["speedup"] > 0
+    # the contiguous-layout runs give the same map (float rounding) and leave the net at its default layout
+    assert row["layout_speedup"] > 0 and row["max_abs_dmap_layout"] < 1e-4 and net.channels_last is None
+    assert net.base_state(image).memory_format == torch.channels_last  # the CPU default
     key = {"model": "tiny", "backend": "torch-module", "device": "cpu", "method": "epda", "windows": 32}
     store.write_cell(incremental_module.EXPERIMENT, key, [{"model": "tiny", **row}], ctx.cell_meta(),
                      incremental_module.DESCRIPTION, incremental_module.COLUMNS)  # fmt: skip

@@ -1,8 +1,10 @@
 """Incremental vs full inference: the same explanation computed both ways, timed in one run.
 
 Setting: torch backend, k=10, l=18, S=10 (PDA), stride 1, the predicted class of the Figure 12
-image. Per (model, method) cell the same windows are explained four times in the order full,
-incremental, incremental, full (so a drift of the machine's load hits both modes alike), at the
+image. Per (model, method) cell the same windows are explained six times in the order full,
+incremental, incremental with contiguous maps, the same again, incremental, full (so a drift of the
+machine's load hits every mode alike; the engine keeps its maps channels-last, and the contiguous
+runs measure what that layout gains), at the
 same batch -- `batch` windows per forward_windows call: on a CPU the window batch the tool uses for
 incremental runs of that net (`default_window_batch("incremental")`: 16, or 64 where the dense tail's
 weights are large), the harness batch on a GPU -- and once more in
@@ -44,7 +46,7 @@ KRYPTON_VGG16_CPU = 5.4  # Nakandala et al. 2019: exact incremental occlusion, V
 
 DESCRIPTION = (
     "Incremental vs full inference (torch backend): one explanation timed in both modes on the same "
-    "windows (order full, incremental, incremental, full), at the same batch, plus full inference at the "
+    "windows (order full, incremental, incremental with contiguous maps, the same again, incremental, full), at the same batch, plus full inference at the "
     "CPU default batch; quick profile extrapolated from an evenly spread subset of windows."
 )
 COLUMNS = {
@@ -66,6 +68,10 @@ COLUMNS = {
     "full_default_batch_seconds": "explanation time with inference=full at full_default_batch [s]",
     "speedup": "full_seconds / incremental_seconds (same batch)",
     "speedup_vs_full_default_batch": "full_default_batch_seconds / incremental_seconds",
+    "incremental_contiguous_seconds": "the incremental explanation with the engine's maps contiguous (N×C×H×W in "
+    "memory) instead of channels-last, timed between the channels-last runs (mean of two runs) [s]",
+    "layout_speedup": "incremental_contiguous_seconds / incremental_seconds",
+    "max_abs_dmap_layout": "largest |map_channels_last - map_contiguous| (weight of evidence, log2 odds)",
     "ideal_ratio": "full / incremental multiply-adds, each window's own box, every window of the run",
     "engine_ratio": "full / incremental multiply-adds the engine computes (common block per batch), run order",
     "engine_ratio_timed": "the same for the timed windows in their timed order",
@@ -127,11 +133,14 @@ def measure_net(
     full_batch = default_batch(ctx.settings.device)
     spec = getattr(net, "model_spec", None) or ctx.spec(model)  # a PyTorch model carries its own
     train_size = int(spec.train_size)
-    run = {"full": [], "incremental": []}
-    for inference in ("full", "incremental", "incremental", "full"):
-        run[inference].append(
+    run = {"full": [], "incremental": [], "contiguous": []}
+    for mode in ("full", "incremental", "contiguous", "contiguous", "incremental", "full"):
+        net.channels_last = False if mode == "contiguous" else None  # None: the default (engine.py "Layout")
+        inference = "full" if mode == "full" else "incremental"
+        run[mode].append(
             _explain(net, image, method, sampler, cls, subset, batch, inference, ctx, model, train_size)
         )
+    net.channels_last = None
     default_run = _explain(
         net, image, method, sampler, cls, subset, full_batch, "full", ctx, model, train_size
     )
@@ -140,6 +149,7 @@ def measure_net(
     scale = grid.n_windows / evaluated
     t_full = np.mean([r[1] for r in run["full"]]) * scale
     t_incr = np.mean([r[1] for r in run["incremental"]]) * scale
+    t_contiguous = np.mean([r[1] for r in run["contiguous"]]) * scale
     t_default = default_run[1] * scale
     incr = run["incremental"][0][0]
     forward = np.mean([r[0].timings["forward"] for r in run["incremental"]])
@@ -174,6 +184,9 @@ def measure_net(
         "full_default_batch_seconds": t_default,
         "speedup": speedup,
         "speedup_vs_full_default_batch": t_default / t_incr,
+        "incremental_contiguous_seconds": t_contiguous,
+        "layout_speedup": t_contiguous / t_incr,
+        "max_abs_dmap_layout": float(np.abs(run["contiguous"][0][0].maps - incr.maps).max()),
         "ideal_ratio": ideal,
         "engine_ratio": engine_all,
         "engine_ratio_timed": engine_timed,

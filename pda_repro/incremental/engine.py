@@ -16,6 +16,12 @@ of its inputs to the changed block of its output --
 clipped size among them), each block shifted to lie inside the map, which recomputes a few
 unchanged values (they equal the stored ones). Values outside a block equal the stored ones, so the
 result is the full forward pass's up to float rounding (tests: tests/test_incremental.py).
+
+Layout: `prepare(x, channels_last=True)` keeps every feature map channels-last (N×H×W×C in memory),
+and the blocks follow: a block's slice copies are then runs of whole pixels, and the CPU
+convolutions read their input without converting it (the `incremental` benchmark's
+`layout_speedup` column times both layouts). The dense rest of the net gets contiguous maps, as
+in a plain forward pass (a module's `view` needs them).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class BaseState:
 
     values: dict[str, torch.Tensor]
     padded: dict[str, torch.Tensor]
+    memory_format: torch.memory_format = torch.contiguous_format  # of the maps and the blocks
 
     def nbytes(self) -> int:
         tensors = list(self.values.values()) + list(self.padded.values())
@@ -68,10 +75,14 @@ class IncrementalEngine:
         self.tail_reads = sorted(made_before & read_after)
 
     # -- the unmodified image ----------------------------------------------------------------------
-    def prepare(self, x: torch.Tensor) -> BaseState:
-        """Run the net on one image (1×C×H×W) and keep what forward_windows needs."""
-        values = {self.graph.input: x}
-        for node in self.graph.nodes:
+    def prepare(self, x: torch.Tensor, channels_last: bool = True) -> BaseState:
+        """Run the net on one image (1×C×H×W) and keep what forward_windows needs, every map
+        channels-last or (channels_last=False) contiguous."""
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        values = {self.graph.input: x.contiguous(memory_format=fmt)}
+        for i, node in enumerate(self.graph.nodes):
+            if i == self.switch:  # the dense rest runs on contiguous maps, as forward_windows gives it
+                values.update({v: values[v].contiguous() for v in self.tail_reads})
             outs = node.full(*(values[v] for v in node.inputs))
             values.update(zip(node.outputs, outs, strict=True))
         padded = {}
@@ -79,8 +90,9 @@ class IncrementalEngine:
             if node.kind == "local":
                 g = node.geometry
                 pads = (g.pad[1], g.bottom_pad(1), g.pad[0], g.bottom_pad(0))
-                padded[node.name] = F.pad(values[node.inputs[0]], pads, value=g.pad_value)[0]
-        return BaseState(values, padded)
+                v = values[node.inputs[0]].contiguous(memory_format=fmt)
+                padded[node.name] = F.pad(v, pads, value=g.pad_value)[0]
+        return BaseState(values, padded, fmt)
 
     # -- N modified images ---------------------------------------------------------------------------
     def forward_windows(
@@ -154,7 +166,7 @@ class IncrementalEngine:
         starts = [out0[a] * g.stride[a] for a in (0, 1)]
         src = state.padded[node.name]
         corner_in = [starts[a] - g.pad[a] for a in (0, 1)]  # in unpadded input coordinates
-        data = _overlay(src, starts, extent, block, corner_in)
+        data = _overlay(src, starts, extent, block, corner_in, state.memory_format)
         return Block(node.region(data, out0[0], out0[1]), out0[0], out0[1])
 
     def _merge(self, state: BaseState, node: Node, ins: list[Block | None]) -> list[Block]:
@@ -175,7 +187,7 @@ class IncrementalEngine:
                 blocks.append(b.data)
                 continue
             base = state.values[v][0]
-            blocks.append(_overlay(base, corner, size, b, corner))
+            blocks.append(_overlay(base, corner, size, b, corner, state.memory_format))
         return [Block(d, corner[0], corner[1]) for d in node.full(*blocks)]
 
     def _materialise(
@@ -184,7 +196,8 @@ class IncrementalEngine:
         base = state.values[value]
         if isinstance(b, torch.Tensor):
             return b
-        full = base.expand(n, *base.shape[1:]).clone()
+        # a copy (never a view of the stored map), contiguous as the dense rest expects
+        full = base.expand(n, *base.shape[1:]).clone(memory_format=torch.contiguous_format)
         if b is None:
             return full
         h, w = b.data.shape[2:]
@@ -212,15 +225,18 @@ def _overlay(
     size: list[int],
     block: Block | None,
     corner: list[np.ndarray],
+    memory_format: torch.memory_format,
 ) -> torch.Tensor:
     """N blocks of size `size` cut from the stored C×H'×W' map `src` at `starts` (in src's
     coordinates), with the changed `block` laid over them; `corner` is the same blocks' top-left in
-    the block's coordinates. Returns (N, C, size[0], size[1]).
+    the block's coordinates. Returns (N, C, size[0], size[1]) in `memory_format`.
 
-    One slice copy per window (contiguous channel planes; cheaper than a gather by index tensors)."""
+    One slice copy per window (cheaper than a gather by index tensors)."""
     hs, ws = size
     n = starts[0].shape[0]
-    out = torch.empty((n, src.shape[0], hs, ws), dtype=src.dtype, device=src.device)
+    out = torch.empty(
+        (n, src.shape[0], hs, ws), dtype=src.dtype, device=src.device, memory_format=memory_format
+    )
     for i, (r, c) in enumerate(zip(starts[0].tolist(), starts[1].tolist(), strict=True)):
         out[i] = src[:, r : r + hs, c : c + ws]
     if block is None:
