@@ -494,9 +494,13 @@ def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatc
     assert fx_warm.warm(ctx, "mnist", say=said.append, stop_after=0) == 0  # no task starts after the limit
     assert said and said[-1].startswith("stopped after 0 s") and not (tmp_path / "store").exists()
     # `warm` computes every map and metric evaluation, each once; the cells then only read them
-    ran = fx_warm.warm(ctx, "mnist", say=lambda m: None)
     st = fx_maps._STATES[(id(ctx), "mnist", "torch")]
-    assert ran == len(fx_warm.warm_tasks(st)) and st.cpu_seconds > 0
+    tasks = fx_warm.warm_tasks(st)
+    assert min(c for c, kind, key, _ in tasks if kind == "map" and key == "pda") > 0
+    ran = fx_warm.warm(ctx, "mnist", say=lambda m: None)
+    assert ran == len(tasks) and st.cpu_seconds > 0
+    # a map made before is read, not computed: it costs nothing and goes with the cheap tasks
+    assert all(c == 0.0 for c, kind, _, _ in fx_warm.warm_tasks(st) if kind == "map")
     computed = st.cpu_seconds
     assert not list((tmp_path / "cache" / "mnist" / "locks").iterdir())
     # the window maps and every evaluation are kept in the store, the one-pass maps and checkpoints in the cache

@@ -250,18 +250,30 @@ def test_two_node_loopback_cluster_through_the_cli(tmp_path, mnist_png):
         cluster.shutdown()
 
 
-def test_auto_hands_long_runs_to_ray_and_keeps_short_ones_in_process(mnist, mnist_serial):
-    """auto: the first PROBE_SECONDS are timed in-process; over the break-even the whole run (the
-    probed batches redone) goes to the local cores and the map equals the serial one bitwise."""
+def test_auto_hands_long_runs_to_ray_and_keeps_short_ones_in_process(mnist, mnist_serial, monkeypatch):
+    """auto: the first PROBE_SECONDS are timed in-process; over the break-even the rest goes to the
+    local cores: a chunk the probe stopped in is redone there (its batches counted twice), a chunk the
+    probe finished is kept. Either way the map equals the serial one bitwise."""
     net, x, gauss = mnist
     short = parallel.AutoExecutor(break_even_s=1e9, workers=2)
     res = explain(net, x, sampler=gauss, workers=short, **MNIST_PDA)
     assert res.params["executor"] == "in-process" and short.estimate_s is not None
     np.testing.assert_array_equal(res.maps, mnist_serial.maps)
-    long = parallel.AutoExecutor(break_even_s=0.0, workers=2)
-    res = explain(net, x, sampler=gauss, workers=long, **MNIST_PDA)
+    every = 1 + 625 * 10  # the unmarginalised image and S samples for each of the 25x25 windows
+    # the probe decides after its first batch (machine speed cannot finish the chunk first)
+    monkeypatch.setattr(parallel, "PROBE_SECONDS", 0.0)
+    res = explain(
+        net, x, sampler=gauss, workers=parallel.AutoExecutor(break_even_s=0.0, workers=2), **MNIST_PDA
+    )
     assert res.params["executor"] == "ray" and res.params["workers"] == 2
-    assert res.params["images_forwarded"] > 1 + 6250  # the probed batches were redone (and counted)
+    assert res.params["images_forwarded"] > every  # the probed batches were redone (and counted)
+    np.testing.assert_array_equal(res.maps, mnist_serial.maps)
+    # the probe finishes the first chunk before it decides: that chunk is kept, nothing is redone
+    monkeypatch.setattr(parallel, "PROBE_SECONDS", 1e9)
+    res = explain(
+        net, x, sampler=gauss, workers=parallel.AutoExecutor(break_even_s=0.0, workers=2), **MNIST_PDA
+    )
+    assert res.params["executor"] == "ray" and res.params["images_forwarded"] == every
     np.testing.assert_array_equal(res.maps, mnist_serial.maps)
 
 

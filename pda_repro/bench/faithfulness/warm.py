@@ -29,6 +29,8 @@ def _map_cost(st: PlanState, run: MapRun, i: int) -> float:
     name, x = st.images[i]
     if run.method in CONTROLS or (run.reuse is not None and st._reuse_path(run, name).is_file()):
         return 0.0
+    if st.map_path(run, name, st.classes[i]).is_file():
+        return 0.0  # made before (by this plan or another process)
     if run.stride is None or run.method == "simplified":
         return 0.5
     from pda_repro.grid import WindowGrid
