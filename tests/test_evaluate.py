@@ -501,6 +501,16 @@ def test_faithfulness_experiment_writes_results_and_figures(tmp_path, monkeypatc
     assert ran == len(tasks) and st.cpu_seconds > 0
     # a map made before is read, not computed: it costs nothing and goes with the cheap tasks
     assert all(c == 0.0 for c, kind, _, _ in fx_warm.warm_tasks(st) if kind == "map")
+    # a map listed as dear but made meanwhile by another process is left to the cells, not read again
+    with monkeypatch.context() as m:
+        m.setattr(fx_warm, "_map_cost", lambda st, run, i: 100.0)
+        later = [
+            (kind, key)
+            for _, kind, key, i in fx_warm.warm_tasks(st)
+            if kind == "eval" or not st.map_path(plan.run(key), st.images[i][0], st.classes[i]).is_file()
+        ]
+        assert {key for kind, key in later if kind == "map"} == set(fx_plans.CONTROLS)  # drawn, never filed
+        assert fx_warm.warm(ctx, "mnist", say=lambda m: None) == len(later) < len(tasks)
     computed = st.cpu_seconds
     assert not list((tmp_path / "cache" / "mnist" / "locks").iterdir())
     # the window maps and every evaluation are kept in the store, the one-pass maps and checkpoints in the cache

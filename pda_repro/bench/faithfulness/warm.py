@@ -128,6 +128,9 @@ def warm(
             if not _claim(lock):
                 left.append(task)
                 continue
+            if kind == "map" and cost > 0 and st.map_path(run, name, st.classes[i]).is_file():
+                lock.unlink(missing_ok=True)  # another process made it meanwhile: the cells read it
+                continue
             try:
                 t0 = time.process_time()
                 if kind == "map":
