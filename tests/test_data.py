@@ -176,3 +176,13 @@ def test_mnist_cache_files_are_verified(tmp_path, monkeypatch):
     data.fetch_mnist()
     assert data._verified(bad, bad.name)
     assert not [p for p in target.iterdir() if p.name not in data.MNIST_FILES]  # no temp files left
+
+
+def test_the_lite0_faithfulness_plan_counts_every_photo():
+    """The Lite0 plan's photo count (its warm order and its stored maps) is the number of photos found."""
+    from pda_repro.bench.faithfulness import plans
+
+    assert len(data.photo_paths()) == plans.LITE0_PHOTOS
+    assert all(
+        n <= plans.LITE0_PHOTOS for n in (plans.EPDA_STRIDE1, plans.OCCLUSION_STRIDE1, plans.PDA_STRIDE5)
+    )

@@ -13,7 +13,10 @@ __all__ = ["CONTROLS", "FIG14_PHOTOS", "MapRun", "Plan", "plan_for"]
 
 CONTROLS = ("random", "constant")
 FIG14_PHOTOS = ("coffee", "orange", "squirrel_cls", "baboon", "messi5")  # the photos of Figs 14-16 and 19
-EPDA_STRIDE1 = 11  # EfficientNet-Lite0 photos with an efficient PDA map at stride 1 (the Fig 14 photos first)
+LITE0_PHOTOS = 27  # the real photos pda_repro.data.photo_paths finds with every source installed (setup's)
+EPDA_STRIDE1 = 27  # EfficientNet-Lite0 photos with an efficient PDA map at stride 1 (the Fig 14 photos first)
+OCCLUSION_STRIDE1 = 27  # EfficientNet-Lite0 photos with an occlusion map at stride 1 (same order)
+PDA_STRIDE5 = 21  # EfficientNet-Lite0 photos with a PDA map at stride 5 (same order)
 
 
 @dataclass(frozen=True)
@@ -208,17 +211,20 @@ def _lite0_plan(profile: str) -> Plan:
     # quick: all 27 photos (the five Fig 14 photos first, so `images=n` are the first n of them): the gradient
     # baselines, simplified, efficient PDA and occlusion at stride 10, PDA at stride 10 with two seeds and the
     # controls on every photo; the maps of the qualitative figures (Fig 14/15/19, stride 5 and 1) and efficient
-    # PDA at strides 2 and 4 on the Fig 14 photos; efficient PDA at stride 1 on the first EPDA_STRIDE1 photos
-    # (their CPU cost: the maps' meta in faithfulness.json)
+    # PDA at strides 2 and 4 on the Fig 14 photos; efficient PDA at stride 1 on the first EPDA_STRIDE1 photos,
+    # occlusion at stride 1 on the first OCCLUSION_STRIDE1, efficient PDA at stride 5 on every photo and PDA at
+    # stride 5 (the finest its few CPU hours allowed) on the first PDA_STRIDE5 (CPU cost: the maps' meta in
+    # faithfulness.json)
     f5 = len(FIG14_PHOTOS)
     runs = (
-        MapRun("pda_s5", "pda", 5, 0, c, reuse="pda", images=f5),
-        MapRun("epda_s5", "epda", 5, 0, c, reuse="epda", images=f5),
+        MapRun("pda_s5", "pda", 5, 0, c, reuse="pda", images=PDA_STRIDE5),
+        MapRun("epda_s5", "epda", 5, 0, c, reuse="epda"),
         MapRun("epda", "epda", 1, 0, c, reuse="epda_full", images=EPDA_STRIDE1),
         MapRun("epda_sampled_s5", "epda_sampled", 5, 0, c, reuse="epda_sampled", images=f5),
         MapRun("simplified", "simplified", 1, 0, c, reuse="simplified_full"),
         MapRun("occlusion_s5", "occlusion", 5, reuse="occlusion", images=f5),
         MapRun("occlusion_s10", "occlusion", 10),
+        MapRun("occlusion", "occlusion", 1, images=OCCLUSION_STRIDE1),
         *_gradient_baselines(reuse=True),
         MapRun("epda_s2", "epda", 2, 0, c, images=f5),
         MapRun("epda_s4", "epda", 4, 0, c, images=f5),
@@ -232,6 +238,8 @@ def _lite0_plan(profile: str) -> Plan:
         ("pda_vs_pda_other_seed", "pda_s10", "pda_s10_seed1"),
         ("pda_vs_epda", "pda_s10", "epda_s10"),
         ("pda_vs_occlusion", "pda_s10", "occlusion_s10"),
+        ("epda_vs_occlusion", "epda", "occlusion"),
+        ("occlusion_stride1_vs_stride10", "occlusion", "occlusion_s10"),
         ("pda_vs_epda", "pda_s5", "epda_s5"),
         ("pda_vs_epda_sampled", "pda_s5", "epda_sampled_s5"),
         ("epda_vs_epda_sampled", "epda_s5", "epda_sampled_s5"),
@@ -248,7 +256,7 @@ def _lite0_plan(profile: str) -> Plan:
         ("control_epda_vs_random", "epda_s5", "random"),
     )
     evaluate = ("pda_s5", "pda_s10", "epda_s5", "epda", "epda_s2", "epda_s10", "epda_sampled_s5", "simplified",
-                "occlusion_s5", "occlusion_s10", "saliency", "gradient_x_input", "gradcam", "random",
+                "occlusion", "occlusion_s5", "occlusion_s10", "saliency", "gradient_x_input", "gradcam", "random",
                 "constant")  # fmt: skip
     randomise = (
         ("saliency", f5),
@@ -289,7 +297,7 @@ def _lite0_plan(profile: str) -> Plan:
                 for k in ("pda_s10", "pda_s10_seed1", "epda_s4", "epda_s5_shift")
             ),
             *((k, n) for n in range(1, f5 + 1) for k in ("epda_s2",)),
-            *((k, n) for n in range(f5 + 1, 28) for k in ("pda_s10", "pda_s10_seed1")),
+            *((k, n) for n in range(f5 + 1, LITE0_PHOTOS + 1) for k in ("pda_s10", "pda_s10_seed1")),
             ("occlusion_s10", None),
         ),
     )
