@@ -16,7 +16,7 @@ FIG14_PHOTOS = ("coffee", "orange", "squirrel_cls", "baboon", "messi5")  # the p
 LITE0_PHOTOS = 27  # the real photos pda_repro.data.photo_paths finds with every source installed (setup's)
 EPDA_STRIDE1 = 27  # EfficientNet-Lite0 photos with an efficient PDA map at stride 1 (the Fig 14 photos first)
 OCCLUSION_STRIDE1 = 27  # EfficientNet-Lite0 photos with an occlusion map at stride 1 (same order)
-PDA_STRIDE5 = 21  # EfficientNet-Lite0 photos with a PDA map at stride 5 (same order)
+PDA_STRIDE5 = 27  # EfficientNet-Lite0 photos with a PDA map at stride 5 (same order)
 
 
 @dataclass(frozen=True)
